@@ -1,0 +1,1 @@
+"""Model definitions, scale/pruning schedules and (later) the graph export stages."""

@@ -1,0 +1,30 @@
+"""Build a (transformer, VAE) pair from a preset with random weights, or from upstream checkpoints."""
+
+from __future__ import annotations
+
+from fastvar.export.models.bsq_vae import BSQVAEDecoder
+from fastvar.export.models.checkpoint import build_random_infinity, build_random_vae, load_infinity, load_vae
+from fastvar.export.models.infinity import Infinity
+from fastvar.export.models.infinity_config import preset
+
+
+def build_pair(model: str, ckpt: str | None = None, vae: str | None = None, random_init: bool = False,
+               depth: int | None = None, seed: int = 0,
+               precision: str = "fp32") -> tuple[Infinity, BSQVAEDecoder]:
+    """``--random-init`` takes the preset's geometry (``depth`` may override it); a checkpoint brings its own."""
+    cfg = preset(model)
+    if random_init:
+        if ckpt or vae:
+            raise ValueError("--random-init and --ckpt/--vae exclude each other: pick one")
+        if depth is not None:
+            cfg = cfg.with_depth(depth)
+        transformer = build_random_infinity(cfg, seed)
+        decoder = build_random_vae(cfg.vae, seed + 1)
+    else:
+        if not (ckpt and vae):
+            raise ValueError("give both --ckpt (transformer) and --vae (VAE) checkpoints, or --random-init")
+        if depth is not None:
+            raise ValueError("--depth only applies with --random-init; a checkpoint's depth is read from it")
+        decoder = load_vae(vae)
+        transformer = load_infinity(ckpt, decoder.cfg)
+    return transformer.set_precision(precision), decoder

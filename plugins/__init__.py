@@ -1,0 +1,1 @@
+"""Custom ops with one meaning everywhere: a PyTorch reference, and later ONNX/ORT/TensorRT forms."""

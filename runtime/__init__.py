@@ -1,0 +1,1 @@
+"""The generation chain shared by every backend: KV cache, sampling, codes, decode."""

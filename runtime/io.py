@@ -1,0 +1,93 @@
+"""Files in and out of a run: text embeddings, token and logit archives, PNGs, JSON, written atomically."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write to a temp file beside ``path``, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image, mode="RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_images(images: np.ndarray, out: str | os.PathLike) -> list[Path]:
+    """One PNG per image: ``out`` itself for a batch of one, ``stem_{i}.png`` beside it otherwise."""
+    out = Path(out)
+    if len(images) == 1:
+        return [atomic_write_bytes(out, png_bytes(images[0]))]
+    return [atomic_write_bytes(out.with_name(f"{out.stem}_{i}{out.suffix or '.png'}"), png_bytes(img))
+            for i, img in enumerate(images)]
+
+
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable .npz archive ({err})") from None
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def load_text_embeddings(path: str | os.PathLike | None, batch: int, channels: int,
+                         default_len: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text encoder states (L, D) or (B, L, D) from a .npy file -> (B, L, D) float32 and lengths (B,).
+
+    Without a file, a fixed seeded embedding stands in (the embedded default: no text encoder needed).
+    """
+    if path is None:
+        g = torch.Generator().manual_seed(1234)
+        text = torch.randn((1, default_len, channels), generator=g)
+    else:
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"--text-embeddings {path}: not a readable .npy array ({err})") from None
+        if arr.ndim == 2:
+            arr = arr[None]
+        if arr.ndim != 3 or arr.shape[-1] != channels or arr.shape[1] == 0:
+            raise ValueError(
+                f"--text-embeddings {path}: shape {arr.shape}; expected (L, {channels}) or (B, L, {channels}) "
+                "float, the text encoder's last hidden state for the valid tokens"
+            )
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise ValueError(f"--text-embeddings {path}: dtype {arr.dtype}; expected a float array")
+        text = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    if text.shape[0] == 1 and batch > 1:
+        text = text.expand(batch, -1, -1).contiguous()
+    elif text.shape[0] != batch:
+        raise ValueError(f"--text-embeddings holds {text.shape[0]} prompts but --batch is {batch}")
+    lengths = torch.full((batch,), text.shape[1], dtype=torch.long)
+    return text, lengths

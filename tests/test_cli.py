@@ -1,0 +1,82 @@
+"""fastvar-run as users call it, through click (same code path as the console script)."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from fastvar.cli import run_cmd
+
+
+def _run(args):
+    result = CliRunner().invoke(run_cmd, args, catch_exceptions=False)
+    return result
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("t") / "t.npy"
+    np.save(p, np.random.default_rng(0).standard_normal((12, 2048)).astype(np.float32))
+    return p
+
+
+def test_tiny_1024_png_is_deterministic_and_seeded(tmp_path, text_file):
+    base = ["--model", "infinity-tiny", "--random-init", "--res", "1024", "--text-embeddings", str(text_file)]
+    r = _run([*base, "--seed", "0", "--out", str(tmp_path / "a.png"), "--timings", str(tmp_path / "t.json"),
+              "--schedule", "fastvar"])
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "a.png").size == (1024, 1024)
+    timings = json.loads((tmp_path / "t.json").read_text())
+    assert [s["index"] for s in timings["steps"]] == list(range(11))  # 11 of 13 steps
+    assert {"load_s", "loop_s", "decode_s"} <= set(timings)
+    assert _run([*base, "--seed", "0", "--out", str(tmp_path / "b.png")]).exit_code == 0
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    assert _run([*base, "--seed", "1", "--out", str(tmp_path / "c.png")]).exit_code == 0
+    assert (tmp_path / "a.png").read_bytes() != (tmp_path / "c.png").read_bytes()
+
+
+def test_save_and_force_tokens_roundtrip(tmp_path, text_file):
+    base = ["--model", "infinity-tiny", "--random-init", "--res", "256", "--text-embeddings", str(text_file),
+            "--tau", "1", "--batch", "2"]
+    assert _run([*base, "--seed", "0", "--out", str(tmp_path / "a.png"), "--save-tokens", str(tmp_path / "tok.npz"),
+                 "--save-logits", str(tmp_path / "log.npz")]).exit_code == 0
+    tok = np.load(tmp_path / "tok.npz")
+    assert tok.files == [f"scale_{i:02d}" for i in range(7)]
+    assert tok["scale_03"].shape == (2, 6, 6, 32) and tok["scale_03"].dtype == np.uint8
+    assert np.load(tmp_path / "log.npz")["scale_03"].shape == (2, 36, 64)
+    # teacher forcing with another seed reproduces the tokens, logits and images
+    assert _run([*base, "--seed", "7", "--out", str(tmp_path / "f.png"), "--force-tokens", str(tmp_path / "tok.npz"),
+                 "--save-logits", str(tmp_path / "log2.npz")]).exit_code == 0
+    a, b = np.load(tmp_path / "log.npz"), np.load(tmp_path / "log2.npz")
+    assert all(np.array_equal(a[k], b[k]) for k in a.files)
+    assert (tmp_path / "a_1.png").read_bytes() == (tmp_path / "f_1.png").read_bytes()
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--res", "300"], "unsupported resolution '300'; accepted"),
+    (["--random-init", "--schedule", "33:0.5"], "matches no step"),
+    (["--ckpt", "x.pth"], "give both --ckpt"),
+    (["--random-init", "--ckpt", "x.pth", "--vae", "v.pth"], "exclude each other"),
+    (["--random-init", "--batch", "0"], "--batch must be >= 1"),
+    (["--random-init", "--tau", "0"], "tau must be > 0"),
+])
+def test_bad_input_is_a_clear_error(tmp_path, args, msg):
+    r = CliRunner().invoke(run_cmd, [*args, "--out", str(tmp_path / "x.png")])
+    assert r.exit_code == 2
+    assert msg in r.output
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_bad_text_embeddings_are_rejected(tmp_path):
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((4, 100), np.float32))
+    r = CliRunner().invoke(run_cmd, ["--random-init", "--res", "256", "--text-embeddings", str(bad),
+                                     "--out", str(tmp_path / "x.png")])
+    assert r.exit_code == 2 and "expected (L, 2048) or (B, L, 2048)" in r.output
+
+
+def test_help_needs_no_gpu():
+    r = CliRunner().invoke(run_cmd, ["--help"])
+    assert r.exit_code == 0 and "--force-tokens" in r.output and "teacher forcing" in r.output.lower()
