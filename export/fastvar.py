@@ -9,6 +9,7 @@ Restoration (CTR) is the FastVARRestore op (``fastvar.plugins.restore``).
 from __future__ import annotations
 
 import torch
+
 from fastvar.plugins.restore import restore_reference
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
 from fastvar.export.models.bsq_vae import bits_to_codes, next_input, to_uint8_image, upsample_codes
 from fastvar.export.schedules import PrunePlan, ScaleSchedule
 from fastvar.runtime.sampling import draw_noise, sample_bits

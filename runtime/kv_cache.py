@@ -10,6 +10,7 @@ executed step's entries are never read, so they are neither allocated nor writte
 from __future__ import annotations
 
 import torch
+
 from fastvar.export.schedules import PrunePlan
 
 

@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import torch
+
 from fastvar.export.models.checkpoint import (
     CheckpointError,
     build_random_infinity,

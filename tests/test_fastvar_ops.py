@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from fastvar.export.fastvar import gather_tokens, pivotal_scores, select_pivotal
 from fastvar.plugins.restore import area_upsample, restore_reference
 

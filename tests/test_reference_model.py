@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from upstream_mirror import mirror_logits
+
 from fastvar.export.models import infinity as infinity_mod
 from fastvar.export.models.checkpoint import build_random_infinity, build_random_vae
 from fastvar.export.models.infinity_config import preset
@@ -10,7 +12,6 @@ from fastvar.export.schedules import prune_plan, scale_schedule
 from fastvar.runtime.backends.torch_ref import TorchBackend
 from fastvar.runtime.chain import Geometry, generate
 from fastvar.runtime.kv_cache import block_cache_lengths
-from upstream_mirror import mirror_logits
 
 
 def _run(model, vae, res, schedule, text, seed=0, cfg=3.0, tau=1.0, force=None, batch=None):

@@ -1,6 +1,7 @@
 import math
 
 import torch
+
 from fastvar.export.models.rope import apply_rope, rope_freqs_grid, rope_table, scale_positions
 
 

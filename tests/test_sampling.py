@@ -1,4 +1,5 @@
 import torch
+
 from fastvar.runtime.sampling import bit_probabilities, draw_noise, sample_bits
 
 

@@ -1,4 +1,5 @@
 import pytest
+
 from fastvar.export.schedules import (
     LADDERS,
     TAILS_2K,

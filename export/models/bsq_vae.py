@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 from fastvar.export.models.infinity_config import VAEConfig
 
 

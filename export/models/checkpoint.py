@@ -16,10 +16,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from torch import nn
+
 from fastvar.export.models.bsq_vae import BSQVAEDecoder
 from fastvar.export.models.infinity import Infinity
 from fastvar.export.models.infinity_config import InfinityConfig, VAEConfig
-from torch import nn
 
 # Buffers that older upstream checkpoints carry and upstream's own loader drops.
 _LEGACY_KEYS = ("lvl_1L", "attn_bias_for_masking", "Infinity_visible_kvlen", "Infinity_invisible_qlen")
@@ -266,33 +267,42 @@ def load_vae(path: str | os.PathLike) -> BSQVAEDecoder:
 @torch.no_grad()
 def random_init(module: nn.Module, seed: int = 0) -> nn.Module:
     """Seeded random weights with no trivially-zero branch (tests, benchmarks, demos)."""
-    g = torch.Generator().manual_seed(seed)
+    first = next(module.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    g = torch.Generator(device=device).manual_seed(seed)
+
+    def randn(shape):
+        return torch.randn(shape, generator=g, device=device)
+
     for name, p in module.named_parameters():
         leaf = name.rsplit(".", 1)[-1]
         if leaf == "scale_mul_1H11":
-            p.copy_(torch.log(torch.full_like(p, 4.0)) + 0.1 * torch.randn(p.shape, generator=g))
+            p.copy_(torch.log(torch.full_like(p, 4.0)) + 0.1 * randn(p.shape))
         elif leaf == "ada_gss":
-            p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+            p.copy_(randn(p.shape) / p.shape[-1] ** 0.5)
         elif leaf == "cfg_uncond":
-            p.copy_(torch.randn(p.shape, generator=g).clamp_(-2, 2) * 1.2 / p.shape[-1] ** 0.5)
+            p.copy_(randn(p.shape).clamp_(-2, 2) * 1.2 / p.shape[-1] ** 0.5)
         elif p.ndim == 1 and ("norm" in name):
-            p.copy_((1.0 if leaf == "weight" else 0.0) + 0.05 * torch.randn(p.shape, generator=g))
+            p.copy_((1.0 if leaf == "weight" else 0.0) + 0.05 * randn(p.shape))
         elif p.ndim == 1:
-            p.copy_(0.02 * torch.randn(p.shape, generator=g))
+            p.copy_(0.02 * randn(p.shape))
         else:
             fan_in = p[0].numel() if p.ndim > 1 else p.numel()
-            p.copy_(torch.randn(p.shape, generator=g) * (1.0 / fan_in) ** 0.5)
+            p.copy_(randn(p.shape) * (1.0 / fan_in) ** 0.5)
     return module
 
 
-def build_random_infinity(cfg: InfinityConfig, seed: int = 0) -> Infinity:
-    model = Infinity(cfg)
+def build_random_infinity(cfg: InfinityConfig, seed: int = 0, device: str | torch.device = "cpu") -> Infinity:
+    with torch.device(device):
+        model = Infinity(cfg)
     random_init(model, seed)
     return model.eval()
 
 
-def build_random_vae(cfg: VAEConfig, seed: int = 1) -> BSQVAEDecoder:
-    return random_init(BSQVAEDecoder(cfg), seed).eval()
+def build_random_vae(cfg: VAEConfig, seed: int = 1, device: str | torch.device = "cpu") -> BSQVAEDecoder:
+    with torch.device(device):
+        vae = BSQVAEDecoder(cfg)
+    return random_init(vae, seed).eval()
 
 
 def save_state_dict(module_or_sd: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 from fastvar.export.fastvar import gather_tokens, restore, select_pivotal
 from fastvar.export.models.infinity_config import InfinityConfig
 from fastvar.export.models.rope import apply_rope

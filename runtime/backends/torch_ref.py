@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from fastvar.export.models.bsq_vae import BSQVAEDecoder
 from fastvar.export.models.infinity import Conditioning, Infinity, PruneStep
 from fastvar.export.models.rope import rope_freqs_grid, rope_table
