@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 
 import click
 
@@ -69,12 +68,6 @@ def run_cmd(model_name, ckpt, vae_path, random_init, depth, weights_seed, res, a
     except (ValueError, FileNotFoundError) as err:
         _fail(str(err))
     click.echo(f"wrote {', '.join(str(p) for p in report['images'])}")
-
-
-def main() -> None:  # pragma: no cover - convenience for `python -m fastvar.cli`
-    start = time.perf_counter()
-    run_cmd()
-    click.echo(f"{time.perf_counter() - start:.1f}s", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -34,7 +34,12 @@ class CheckpointError(ValueError):
 
 def _load_pickle(path: Path) -> dict:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # memory-map zip-format files: an 8.8 GB checkpoint is not read into RAM twice
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for non-checkpoints and unsafe pickles
         raise CheckpointError(
             f"{path} is not a PyTorch checkpoint that loads with weights_only=True "
