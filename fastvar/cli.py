@@ -12,6 +12,7 @@ MODEL_NAMES = sorted([*PRESETS, *ALIASES])
 # Upstream's Infinity-2B inference defaults (scripts/infer.sh): cfg 4, tau 0.5.
 DEFAULT_CFG = 4.0
 DEFAULT_TAU = 0.5
+SEED = click.IntRange(0, 2**63 - 1)
 
 
 def _fail(message: str) -> None:
@@ -27,7 +28,7 @@ def _fail(message: str) -> None:
 @click.option("--vae", "vae_path", type=click.Path(), help="VAE checkpoint in upstream layout ({'vae': state_dict}).")
 @click.option("--random-init", is_flag=True, help="Seeded random weights instead of checkpoints.")
 @click.option("--depth", type=int, help="With --random-init: override the preset's depth (real width, fewer blocks).")
-@click.option("--weights-seed", type=int, default=0, show_default=True, help="Seed of --random-init weights.")
+@click.option("--weights-seed", type=SEED, default=0, show_default=True, help="Seed of --random-init weights.")
 @click.option("--res", default="1024", show_default=True,
               help="Resolution tier: 256, 512, 768, 1024 (0.06M/0.25M/0.60M/1M) or 2048 (zero-shot 2K).")
 @click.option("--aspect", default="1:1", show_default=True,
@@ -40,7 +41,7 @@ def _fail(message: str) -> None:
 @click.option("--batch", type=int, default=1, show_default=True, help="Images per call (CFG doubles it inside).")
 @click.option("--text-embeddings", type=click.Path(), help="Text encoder states .npy (L, D) or (B, L, D). "
               "Without it a fixed seeded embedding stands in.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampling noise.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the sampling noise.")
 @click.option("--cfg", type=float, default=DEFAULT_CFG, show_default=True, help="Classifier-free guidance scale.")
 @click.option("--tau", type=float, default=DEFAULT_TAU, show_default=True, help="Sampling temperature.")
 @click.option("--out", type=click.Path(), default="out.png", show_default=True, help="Output PNG path.")
@@ -65,7 +66,7 @@ def run_cmd(model_name, ckpt, vae_path, random_init, depth, weights_seed, res, a
     try:
         report = run_reference(opts, out=out, save_tokens=save_tokens, save_logits=save_logits,
                                force_tokens=force_tokens, timings=timings, log=click.echo)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         _fail(str(err))
     click.echo(f"wrote {', '.join(str(p) for p in report['images'])}")
 

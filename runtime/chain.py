@@ -6,6 +6,7 @@ how tokens are sampled, how codes are summed or how the next scale's input is fo
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -45,8 +46,8 @@ def _forced_bits(force_tokens: dict[str, np.ndarray], key: str, shape: tuple[int
     arr = np.asarray(force_tokens[key])
     if arr.shape != shape:
         raise ValueError(f"--force-tokens: {key} has shape {arr.shape}, this run needs {shape} (batch, h, w, bits)")
-    if arr.size and (arr.min() < 0 or arr.max() > 1):
-        raise ValueError(f"--force-tokens: {key} holds values outside {{0, 1}}")
+    if arr.size and not np.isin(arr, (0, 1)).all():
+        raise ValueError(f"--force-tokens: {key} holds values other than 0 and 1 (bits are expected)")
     return torch.from_numpy(arr.astype(np.uint8))
 
 
@@ -55,8 +56,10 @@ def generate(backend, sched: ScaleSchedule, plan: PrunePlan, geom: Geometry, tex
              lengths: torch.Tensor, seed: int, cfg: float, tau: float,
              force_tokens: dict[str, np.ndarray] | None = None, keep_logits: bool = False) -> GenerationResult:
     """Generate a batch of images; text (B, Lt, D) padded, lengths (B,)."""
-    if tau <= 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
+    if not math.isfinite(tau) or tau <= 0:
+        raise ValueError(f"tau must be a finite number > 0, got {tau}")
+    if not math.isfinite(cfg):
+        raise ValueError(f"cfg must be a finite number, got {cfg}")
     t_start = time.perf_counter()
     batch = text.shape[0]
     noise = draw_noise(seed, [s.tokens for s in sched.scales], batch, geom.bits)

@@ -60,7 +60,7 @@ def test_save_and_force_tokens_roundtrip(tmp_path, text_file):
     (["--ckpt", "x.pth"], "give both --ckpt"),
     (["--random-init", "--ckpt", "x.pth", "--vae", "v.pth"], "exclude each other"),
     (["--random-init", "--batch", "0"], "--batch must be >= 1"),
-    (["--random-init", "--tau", "0"], "tau must be > 0"),
+    (["--random-init", "--tau", "0"], "tau must be a finite number > 0"),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, args, msg):
     r = CliRunner().invoke(run_cmd, [*args, "--out", str(tmp_path / "x.png")])
@@ -80,3 +80,43 @@ def test_bad_text_embeddings_are_rejected(tmp_path):
 def test_help_needs_no_gpu():
     r = CliRunner().invoke(run_cmd, ["--help"])
     assert r.exit_code == 0 and "--force-tokens" in r.output and "teacher forcing" in r.output.lower()
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--tau", "nan"], "tau must be a finite number > 0"),
+    (["--cfg", "inf"], "cfg must be a finite number"),
+    (["--seed", "99999999999999999999999"], "--seed"),
+])
+def test_non_finite_and_out_of_range_numbers(tmp_path, args, msg):
+    r = CliRunner().invoke(run_cmd, ["--random-init", "--res", "256", *args, "--out", str(tmp_path / "x.png")])
+    assert r.exit_code == 2 and msg in r.output
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_out_that_is_a_directory_is_a_clear_error(tmp_path):
+    r = CliRunner().invoke(run_cmd, ["--random-init", "--res", "256", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "is a directory; give a file path" in r.output
+    assert list(tmp_path.iterdir()) == []  # no temp file left behind
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    import os
+
+    r = CliRunner().invoke(run_cmd, ["--random-init", "--res", "256", "--out", str(tmp_path / "x.png")])
+    assert r.exit_code == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "x.png").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["x.png"]
+
+
+def test_forced_tokens_must_be_bits(tmp_path):
+    base = ["--random-init", "--res", "256", "--tau", "1"]
+    assert CliRunner().invoke(run_cmd, [*base, "--out", str(tmp_path / "a.png"),
+                                        "--save-tokens", str(tmp_path / "t.npz")]).exit_code == 0
+    tok = dict(np.load(tmp_path / "t.npz"))
+    tok["scale_02"] = tok["scale_02"].astype(np.float32) * 0.5
+    np.savez(tmp_path / "bad.npz", **tok)
+    r = CliRunner().invoke(run_cmd, [*base, "--out", str(tmp_path / "b.png"),
+                                     "--force-tokens", str(tmp_path / "bad.npz")])
+    assert r.exit_code == 2 and "scale_02 holds values other than 0 and 1" in r.output

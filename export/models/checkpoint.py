@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from fastvar.atomic import atomic_path
 from fastvar.export.models.bsq_vae import BSQVAEDecoder
 from fastvar.export.models.infinity import Infinity
 from fastvar.export.models.infinity_config import InfinityConfig, VAEConfig
@@ -146,6 +146,9 @@ def infer_infinity_config(sd: Mapping[str, torch.Tensor], vae: VAEConfig | None 
     else:
         raise CheckpointError("not an Infinity transformer checkpoint: no block_chunks.{c}.module.{j}.* keys")
     first = "block_chunks.0.module.0." if chunks else "blocks.0."
+    absent = [first + k for k in ("sa.scale_mul_1H11", "ffn.fc1.weight") if first + k not in sd]
+    if absent:
+        raise CheckpointError(f"not an Infinity transformer checkpoint: block 0 lacks {', '.join(absent)}")
     width = sd["pos_start"].shape[-1]
     scale_mul = sd[first + "sa.scale_mul_1H11"]
     heads = max(scale_mul.shape)
@@ -316,18 +319,11 @@ def save_state_dict(module_or_sd: nn.Module | Mapping[str, torch.Tensor], path: 
     path = Path(path)
     sd = module_or_sd.state_dict() if isinstance(module_or_sd, nn.Module) else dict(module_or_sd)
     sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
             save_file(sd, tmp)
         else:
             torch.save({wrap_key: sd} if wrap_key else sd, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
