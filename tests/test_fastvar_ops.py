@@ -71,3 +71,14 @@ def test_restore_keeps_cache_dtype_and_checks_shapes():
         area_upsample(torch.randn(1, 8, 4), (3, 3), (5, 5))
     with pytest.raises(ValueError, match="disagree"):
         restore_reference(torch.randn(1, 2, 4), torch.tensor([[0, 3, 4]]), cache, (3, 3), (5, 5))
+
+
+def test_planted_ties_at_scale_keep_lowest_indices():
+    # thousands of equal scores: an unstable sort may return any of them; the rule fixes index order
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(2, 4096, 4)
+    far = torch.randperm(4096, generator=g)[:1000]  # the minority lies far from the mean
+    x[:, far] = 1.0
+    idx = select_pivotal(x, 800)
+    expect = torch.sort(far).values[:800]
+    assert torch.equal(idx[0], expect) and torch.equal(idx[1], expect)

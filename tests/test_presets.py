@@ -54,3 +54,14 @@ def test_tiny_patchified_model_generates():
                    torch.randn(1, 5, 2048), torch.tensor([5]), 0, 4.0, 1.0)
     assert out.images.shape == (1, 256, 256, 3)
     assert out.tokens["scale_06"].shape == (1, 16, 16, 16)
+
+
+@pytest.mark.parametrize("d", [32, 14])
+def test_codes_are_l2_normalised_as_upstream_does(d):
+    # upstream L2-normalises the ±1/sqrt(d) codes; in float32 that moves them by an ulp, which we keep
+    bits = torch.randint(0, 2, (1, 4, 4, d), generator=torch.Generator().manual_seed(d), dtype=torch.uint8)
+    raw = bits.float() * (1 / d ** 0.5) * 2 - (1 / d ** 0.5)
+    expect = raw / raw.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    codes = bits_to_codes(bits, d, patchify=False)
+    assert torch.equal(codes[:, :, 0].permute(0, 2, 3, 1), expect)
+    assert not torch.equal(expect, raw)
