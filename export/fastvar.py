@@ -27,6 +27,12 @@ def select_pivotal(x: torch.Tensor, k: int) -> torch.Tensor:
     return order[:, :k]
 
 
+def select_pivotal_topk(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The graph spelling of ``select_pivotal``: one TopK (ONNX orders equal values by lower index first,
+    which is our tie rule; TensorRT's TopK takes k <= 3840, checked at export)."""
+    return torch.topk(pivotal_scores(x), k, dim=1, largest=True, sorted=True).indices
+
+
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """(B, L, C) gathered at (B, K) -> (B, K, C)."""
     return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))

@@ -20,7 +20,15 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("artifact", required=False, type=click.Path(file_okay=False))
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch"]), default="auto",
+              show_default=True, help="With ARTIFACT: which runtime runs it (torch = the PyTorch reference).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="With ARTIFACT and onnxruntime: CPU, or the CUDA provider (onnxruntime-gpu).")
 @click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default="infinity-tiny", show_default=True,
               help="Model family and size. *-tiny is a small random-weight preset for CPU work.")
 @click.option("--ckpt", type=click.Path(), help="Transformer checkpoint in upstream layout (.pth, .safetensors, "
@@ -42,7 +50,8 @@ def _fail(message: str) -> None:
 @click.option("--text-embeddings", type=click.Path(), help="Text encoder states .npy (L, D) or (B, L, D). "
               "Without it a fixed seeded embedding stands in.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the sampling noise.")
-@click.option("--cfg", type=float, default=DEFAULT_CFG, show_default=True, help="Classifier-free guidance scale.")
+@click.option("--cfg", type=float, default=None, help=f"Classifier-free guidance scale [default: {DEFAULT_CFG:g}; "
+              "1 for an artifact exported without guidance].")
 @click.option("--tau", type=float, default=DEFAULT_TAU, show_default=True, help="Sampling temperature.")
 @click.option("--out", type=click.Path(), default="out.png", show_default=True, help="Output PNG path.")
 @click.option("--save-tokens", type=click.Path(), help="Save each executed scale's bits: npz scale_XX (B,h,w,bits).")
@@ -50,14 +59,40 @@ def _fail(message: str) -> None:
 @click.option("--force-tokens", type=click.Path(), help="Teacher forcing: npz in --save-tokens layout replaces "
               "sampling at every scale it covers.")
 @click.option("--timings", type=click.Path(), help="Write where the time went (load_s, loop_s, decode_s, steps).")
-def run_cmd(model_name, ckpt, vae_path, random_init, depth, weights_seed, res, aspect, schedule, precision, batch,
-            text_embeddings, seed, cfg, tau, out, save_tokens, save_logits, force_tokens, timings) -> None:
-    """Generate images with the PyTorch reference (no compilation needed).
+@click.pass_context
+def run_cmd(ctx, artifact, backend, device, model_name, ckpt, vae_path, random_init, depth, weights_seed, res, aspect,
+            schedule, precision, batch, text_embeddings, seed, cfg, tau, out, save_tokens, save_logits, force_tokens,
+            timings) -> None:
+    """Generate images: with ARTIFACT (a fastvar-export directory) run its compiled graphs; without it,
+    run the PyTorch reference directly (no compilation needed).
 
-    Example: fastvar-run --model infinity-tiny --random-init --res 1024 --seed 0 --out a.png
+    \b
+    Examples:
+      fastvar-run engines/tiny --seed 0 --out a.png
+      fastvar-run --model infinity-tiny --random-init --res 1024 --seed 0 --out a.png
     """
-    from fastvar.runtime.generate import RunOptions, run_reference
+    from fastvar.runtime.generate import RunOptions, run_artifact, run_reference
 
+    if artifact is not None:
+        model_flags = ["model_name", "ckpt", "vae_path", "random_init", "depth", "weights_seed", "res", "aspect",
+                       "schedule", "precision", "batch"]
+        given = [f"--{n.replace('_name', '').replace('_path', '').replace('_', '-')}" for n in model_flags
+                 if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            _fail(f"{', '.join(given)}: the artifact {artifact} fixes the model, resolution, schedule, precision "
+                  "and batch; these flags belong to the direct reference run (without ARTIFACT)")
+        try:
+            report = run_artifact(artifact, out, backend=backend, text_embeddings=text_embeddings, seed=seed, cfg=cfg,
+                                  tau=tau, save_tokens=save_tokens, save_logits=save_logits,
+                                  force_tokens=force_tokens, timings=timings, device=device, log=click.echo)
+        except (ValueError, OSError, ImportError) as err:
+            _fail(str(err))
+        click.echo(f"wrote {', '.join(str(p) for p in report['images'])}")
+        return
+    if ctx.get_parameter_source("backend") == click.core.ParameterSource.COMMANDLINE and backend != "torch":
+        _fail("--backend needs an ARTIFACT directory (fastvar-export writes one); without it fastvar-run runs the "
+              "PyTorch reference")
+    cfg = DEFAULT_CFG if cfg is None else cfg
     if batch < 1:
         _fail(f"--batch must be >= 1, got {batch}")
     opts = RunOptions(model=model_name, ckpt=ckpt, vae=vae_path, random_init=random_init, depth=depth,
@@ -69,6 +104,149 @@ def run_cmd(model_name, ckpt, vae_path, random_init, depth, weights_seed, res, a
     except (ValueError, OSError) as err:
         _fail(str(err))
     click.echo(f"wrote {', '.join(str(p) for p in report['images'])}")
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default="infinity", show_default=True,
+              help="Model family and size (infinity = infinity-2b). *-tiny is a small random-weight preset.")
+@click.option("--ckpt", type=click.Path(), help="Transformer checkpoint in upstream layout (.pth, .safetensors, "
+              "or a folder / index.json of shards). Dimensions are read from its tensor shapes.")
+@click.option("--vae", "vae_path", type=click.Path(), help="VAE checkpoint in upstream layout.")
+@click.option("--random-init", is_flag=True, help="Seeded random weights instead of checkpoints.")
+@click.option("--depth", type=int, help="With --random-init: override the preset's depth (real width, fewer blocks).")
+@click.option("--weights-seed", type=SEED, default=0, show_default=True, help="Seed of --random-init weights.")
+@click.option("--res", default="1024", show_default=True, help="Resolution tier: 256, 512, 768, 1024 or 2048 "
+              "(zero-shot 2K).")
+@click.option("--aspect", default="1:1", show_default=True, help="Height:width; the nearest upstream template is used.")
+@click.option("--schedule", default="fastvar", show_default=True,
+              help="fastvar, none, or SIDE:FRACTION,... e.g. 32:0.4,40:0.5,48:1,64:1 (1 skips the step).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="Expressed in the graphs: fp32, or bf16 (bf16 block matmuls; fp32 residual, norms, RoPE, head).")
+@click.option("--batch", type=int, default=1, show_default=True, help="Images per call (CFG doubles the rows).")
+@click.option("--text-len", type=int, default=64, show_default=True,
+              help="Text bucket: prompts up to this many tokens (padded and masked).")
+@click.option("--guidance/--no-guidance", default=True, show_default=True,
+              help="Classifier-free guidance rows in the graphs; --no-guidance exports a cfg=1 artifact (batch B).")
+@click.option("--backend", type=click.Choice(["tensorrt", "onnxruntime", "onnx"]), default="onnxruntime",
+              show_default=True, help="What the graphs are for: tensorrt (then fastvar-build), onnxruntime, onnx.")
+@click.option("--restore-op", type=click.Choice(["auto", "custom", "standard"]), default="auto", show_default=True,
+              help="FastVARRestore as one custom node (TensorRT plugin) or spelled with standard ONNX ops; auto: "
+              "standard for onnxruntime, custom otherwise.")
+@click.option("--attention-budget", type=click.FloatRange(min=0), help="MiB that decomposed attention's scores may "
+              "hold at once: larger steps split their queries into static chunks (same result) [default: 512 for "
+              "onnxruntime; 0 (never) for tensorrt/onnx, whose attention TensorRT fuses].")
+@click.option("--plan", "plan_only", is_flag=True, help="Print the memory plan and exit.")
+@click.option("--gpu-memory", type=click.FloatRange(min=0, min_open=True), help="GiB of the target GPU: refuse a "
+              "plan that does not fit, saying by how much.")
+@click.option("--out", type=click.Path(file_okay=False), help="Artifact directory [default: under engines/].")
+@click.option("--force", is_flag=True, help="Rebuild everything, even what is up to date.")
+def export_cmd(model_name, ckpt, vae_path, random_init, depth, weights_seed, res, aspect, schedule, precision, batch,
+               text_len, guidance, backend, restore_op, attention_budget, plan_only, gpu_memory, out, force) -> None:
+    """Compile a model for one resolution and aspect into per-scale static ONNX graphs, one weight store and
+    a manifest.
+
+    Example: fastvar-export --model infinity-tiny --random-init --res 1024 --out engines/tiny
+    """
+    from fastvar.export.artifact import ExportOptions, export, plan_memory
+
+    opts = ExportOptions(model=model_name, ckpt=ckpt, vae=vae_path, random_init=random_init, depth=depth,
+                         weights_seed=weights_seed, res=res, aspect=aspect, schedule=schedule, precision=precision,
+                         batch=batch, text_len=text_len, guidance=guidance, backend=backend, restore_op=restore_op,
+                         out=out, force=force, gpu_memory=gpu_memory, attention_budget_mib=attention_budget)
+    try:
+        if plan_only:
+            mem = plan_memory(opts)
+            click.echo(mem.table())
+            if gpu_memory is not None:
+                mem.check_fits(gpu_memory)
+                click.echo(f"fits in {gpu_memory:g} GiB")
+            return
+        export(opts, log=click.echo)
+    except (ValueError, OSError, ImportError) as err:
+        _fail(str(err))
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--out", type=click.Path(file_okay=False), default="engines/demo", show_default=True,
+              help="Where the artifact, the image and the report go.")
+def demo_cmd(out) -> None:
+    """The embedded default: export a random-weight infinity-tiny at 1024, run it with ONNX Runtime, check it
+    against the PyTorch reference (teacher-forced logits), print the image and report paths."""
+    from fastvar.demo import ParityError, run_demo
+
+    try:
+        run_demo(out, log=click.echo)
+    except ParityError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    except (ValueError, OSError, ImportError) as err:
+        _fail(str(err))
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("artifact", type=click.Path(file_okay=False))
+@click.option("--report", type=click.Path(dir_okay=False), help="Write every figure to this JSON file.")
+@click.option("--tol", multiple=True, metavar="PREFIX=VALUE",
+              help="Tolerance (relative to each output's scale) for outputs whose name starts with PREFIX, e.g. "
+              "--tol logits=1e-4 --tol new_k=1e-5. Defaults: fp32 1e-4 (image 1e-3, bits: 0.1% flipped).")
+@click.option("--regenerate-goldens", is_flag=True, help="Record the goldens again from the PyTorch reference.")
+@click.option("--no-e2e", is_flag=True, help="Per-graph checks only (skip the end-to-end generation check).")
+def validate_cmd(artifact, report, tol, regenerate_goldens, no_e2e) -> None:
+    """Prove that every graph of ARTIFACT computes what the PyTorch reference computes, with Polygraphy,
+    then check the whole chain end to end. Exit 0: all within tolerance; 1: not (names the graph and
+    output); 2: bad usage or a missing/altered file.
+
+    Goldens (inputs and outputs of every graph from a real reference generation) are written to
+    ARTIFACT/goldens on the first run.
+    """
+    from fastvar.validate.run import ValidationUsageError, validate
+
+    try:
+        code, _ = validate(artifact, report=report, tol=list(tol), regenerate=regenerate_goldens, e2e=not no_e2e,
+                           log=click.echo)
+    except (ValidationUsageError, ValueError, OSError, ImportError) as err:
+        _fail(str(err))
+    sys.exit(code)
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default="infinity-2b", show_default=True)
+@click.option("--depth", type=int, default=2, show_default=True,
+              help="Blocks of the random-weight model: the real width and heads, fewer blocks (CPU-sized).")
+@click.option("--res", default="1024", show_default=True,
+              help="Resolution(s), comma-separated; several make a sweep (e.g. 512,1024,2048).")
+@click.option("--aspect", default="1:1", show_default=True)
+@click.option("--schedules", default="none,fastvar", show_default=True,
+              help="Schedules to compare, comma-separated (explicit specs separated by ';').")
+@click.option("--backends", default="onnxruntime,torch", show_default=True, help="Backends, comma-separated.")
+@click.option("--runs", type=int, default=3, show_default=True, help="Timed runs per configuration.")
+@click.option("--warmup", type=int, default=1, show_default=True, help="Untimed runs first.")
+@click.option("--text-len", type=int, default=64, show_default=True)
+@click.option("--threads", type=int, help="Intra-op threads for PyTorch (ONNX Runtime uses its default).")
+@click.option("--engines", default="engines/bench", show_default=True, help="Where the benchmark's artifacts live.")
+@click.option("--out", default="bench", show_default=True, help="Where bench.json, bench.txt and plots go.")
+def bench_cmd(model_name, depth, res, aspect, schedules, backends, runs, warmup, text_len, threads, engines,
+              out) -> None:
+    """Measure schedules and backends side by side in one run: per-step and end-to-end latency, speedups
+    against the compute ceiling, FLOP rate against the machine's GEMM peak, runtime overhead, KV and peak
+    memory, and with several resolutions the cost exponent.
+
+    Example: fastvar-bench --model infinity-2b --depth 2 --res 512,1024 --runs 3
+    """
+    from fastvar.runtime.bench import BenchOptions, run_bench
+
+    specs = tuple(p.strip() for p in schedules.split(";")) if ";" in schedules else _csv(schedules)
+    opts = BenchOptions(model=model_name, depth=depth, resolutions=_csv(res), aspect=aspect, schedules=specs,
+                        backends=_csv(backends), runs=runs, warmup=warmup, text_len=text_len, threads=threads,
+                        engines=engines, out=out)
+    try:
+        run_bench(opts, log=click.echo)
+    except (ValueError, OSError, ImportError) as err:
+        _fail(str(err))
 
 
 if __name__ == "__main__":  # pragma: no cover

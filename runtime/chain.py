@@ -75,12 +75,15 @@ def generate(backend, sched: ScaleSchedule, plan: PrunePlan, geom: Geometry, tex
             continue
         t0 = time.perf_counter()
         codes_in = None if st.index == 0 else next_input(summed, geom.vae_hw(st.h, st.w), geom.patchify)
-        logits = backend.step(st, codes_in, cfg, 1.0 / tau, write_kv=st.index != last_exec)
+        logits, sampled = backend.step(st, codes_in, cfg, 1.0 / tau, write_kv=st.index != last_exec,
+                                       noise=noise[st.index])
         key = scale_key(st.index)
         if force_tokens is not None and key in force_tokens:
             bits = _forced_bits(force_tokens, key, (batch, st.h, st.w, geom.bits)).to(logits.device)
         else:
-            bits = sample_bits(logits, noise[st.index]).view(batch, st.h, st.w, geom.bits)
+            if sampled is None:  # a backend without in-graph sampling: the same rule, here
+                sampled = sample_bits(logits, noise[st.index])
+            bits = sampled.view(batch, st.h, st.w, geom.bits)
         result.tokens[key] = bits.cpu().numpy()
         if keep_logits:
             result.logits[key] = logits.float().cpu().numpy()

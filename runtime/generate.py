@@ -65,3 +65,118 @@ def run_reference(opts: RunOptions, out: str, save_tokens: str | None = None, sa
     log(f"loop {res.timings['loop_s']:.2f}s, decode {res.timings['decode_s']:.2f}s; per step: "
         + ", ".join(f"{s['index']}:{s['seconds']:.3f}s" for s in res.timings["steps"]))
     return report
+
+
+BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch")
+
+
+def open_backend(art, backend: str = "auto", device: str = "cpu"):
+    """The backend that runs an artifact; ``auto`` takes TensorRT engines when built and importable,
+    else ONNX Runtime. ``torch`` rebuilds the reference model from the source the manifest records."""
+    from fastvar.manifest import ArtifactError
+
+    if backend not in BACKEND_CHOICES:
+        raise ValueError(f"unknown backend {backend!r}; accepted: {', '.join(BACKEND_CHOICES)}")
+    if backend == "auto":
+        backend = "tensorrt" if art.data.get("engines") and _importable("tensorrt") else "onnxruntime"
+    if backend == "tensorrt":
+        raise ArtifactError("the TensorRT backend needs engines built by fastvar-build on a machine with TensorRT; "
+                            "use --backend onnxruntime or torch here")
+    if backend == "onnxruntime":
+        from fastvar.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(art, device)
+    return reference_backend(art)
+
+
+def reference_backend(art) -> TorchBackend:
+    """The PyTorch reference for an artifact: same source, precision, schedule and shapes."""
+    from fastvar.manifest import ArtifactError
+
+    d = art.data
+    src = d["model"]["source"]
+    if src["kind"] == "checkpoint":
+        from fastvar.export.artifact import _file_identity
+
+        for part in ("ckpt", "vae"):
+            now = _file_identity(src[part]["path"])
+            if now != src[part]:
+                raise ArtifactError(f"{src[part]['path']} changed since the export (size or modification time); "
+                                    "the torch backend would compare different weights. Re-run fastvar-export")
+    if src["kind"] == "random-init":
+        model, vae = build_pair(src["preset"], None, None, True, src["depth"], src["seed"], d["precision"])
+    else:
+        model, vae = build_pair(d["model"]["name"], src["ckpt"]["path"], src["vae"]["path"], False, None, 0,
+                                d["precision"])
+    sched = scale_schedule(d["resolution"], d["aspect"])
+    return TorchBackend(model, vae, sched, art.plan())
+
+
+def memory_report(backend, manifest: dict) -> dict:
+    """The run's peak resident memory with the parts we can name, beside what the plan predicted."""
+    import resource
+
+    weights = getattr(backend, "weight_bytes", None)
+    if weights is None:
+        weights = sum(p.numel() * p.element_size() for p in backend.model.parameters())
+        weights += sum(p.numel() * p.element_size() for p in backend.vae.parameters())
+    plan = {it["name"]: it for it in manifest["memory_plan"]["items"]}
+    peak = plan.get("peak step activations", {"bytes": 0, "note": ""})
+    return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "weights_bytes": weights,
+            "kv_cache_bytes": backend.kv.nbytes if backend.kv is not None else 0,
+            "planned_peak_activations_bytes": peak["bytes"], "planned_peak_note": peak["note"]}
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def artifact_geometry(art) -> Geometry:
+    cfg = art.data["model"]["config"]
+    return Geometry(bits=cfg["bits"], codebook_dim=cfg["vae"]["codebook_dim"], patchify=cfg["spatial_patchify"])
+
+
+def run_artifact(root: str, out: str, backend: str = "auto", text_embeddings: str | None = None, seed: int = 0,
+                 cfg: float | None = None, tau: float = 0.5, save_tokens: str | None = None,
+                 save_logits: str | None = None, force_tokens: str | None = None, timings: str | None = None,
+                 device: str = "cpu", log: Callable[[str], None] = print) -> dict:
+    """Generate with a compiled artifact (``fastvar-run DIR``); returns the timings report."""
+    from fastvar.manifest import Artifact
+
+    t0 = time.perf_counter()
+    art = Artifact.load(root)
+    art.verify()
+    d = art.data
+    if cfg is None:
+        cfg = 4.0 if d["guidance"] else 1.0
+    if (cfg != 1) != d["guidance"]:
+        from fastvar.manifest import ArtifactError
+
+        raise ArtifactError(f"{root} was exported " + ("with classifier-free guidance: give a --cfg other than 1"
+                                                       if d["guidance"] else
+                                                       "without guidance (--no-guidance): it runs with --cfg 1 only"))
+    be = open_backend(art, backend, device)
+    sched = scale_schedule(d["resolution"], d["aspect"])
+    text, lengths = load_text_embeddings(text_embeddings, d["batch"], d["model"]["config"]["text_channels"])
+    forced = read_npz(force_tokens) if force_tokens else None
+    load_s = time.perf_counter() - t0
+    res = generate(be, sched, art.plan(), artifact_geometry(art), text, lengths, seed, cfg, tau,
+                   force_tokens=forced, keep_logits=save_logits is not None)
+    paths = write_images(res.images, out)
+    if save_tokens:
+        write_npz(save_tokens, res.tokens)
+    if save_logits:
+        write_npz(save_logits, res.logits)
+    report = {"backend": be.name, "load_s": load_s, **res.timings, "images": [str(p) for p in paths],
+              "memory": memory_report(be, d)}
+    if timings:
+        write_json(timings, report)
+    mem = report["memory"]
+    log(f"memory: peak RSS {mem['peak_rss_bytes'] / 2**30:.2f} GiB = weights {mem['weights_bytes'] / 2**30:.2f} + "
+        f"KV cache {mem['kv_cache_bytes'] / 2**30:.2f} + activations and runtime; planned peak step activations "
+        f"{mem['planned_peak_activations_bytes'] / 2**30:.2f} GiB ({mem['planned_peak_note']})")
+    log(f"{be.name}: loop {res.timings['loop_s']:.2f}s, decode {res.timings['decode_s']:.2f}s; per step: "
+        + ", ".join(f"{s['index']}:{s['seconds']:.3f}s" for s in res.timings["steps"]))
+    return report

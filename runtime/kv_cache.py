@@ -11,14 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from fastvar.export.kv_layout import block_cache_lengths
 from fastvar.export.schedules import PrunePlan
-
-
-def block_cache_lengths(plan: PrunePlan, depth: int) -> list[int]:
-    """Tokens each block's cache holds after the last step that writes KV."""
-    writers = plan.executed[:-1]
-    return [sum(s.kept if (s.pruned and plan.block_pruned(i)) else s.tokens for s in writers)
-            for i in range(depth)]
 
 
 class KVCache:
@@ -37,10 +31,20 @@ class KVCache:
         n = self.length[block]
         return self.k[block][:n], self.v[block][:n]
 
-    def write(self, block: int, k_new: torch.Tensor, v_new: torch.Tensor) -> None:
-        start, n = self.length[block], k_new.shape[0]
+    def reserve(self, block: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The contiguous slices [P, P + n) where a step writes its new entries in place."""
+        start = self.length[block]
         if start + n > self.capacity[block]:
             raise RuntimeError(f"block {block}: writing {n} entries at {start} overflows its {self.capacity[block]}")
-        self.k[block][start:start + n].copy_(k_new)
-        self.v[block][start:start + n].copy_(v_new)
-        self.length[block] = start + n
+        return self.k[block][start:start + n], self.v[block][start:start + n]
+
+    def commit(self, block: int, n: int) -> None:
+        """The reserved slice now holds the step's entries: they become part of the past."""
+        self.length[block] += n
+
+    def write(self, block: int, k_new: torch.Tensor, v_new: torch.Tensor) -> None:
+        """Copy a step's entries into its slice (backends that cannot write in place)."""
+        k, v = self.reserve(block, k_new.shape[0])
+        k.copy_(k_new)
+        v.copy_(v_new)
+        self.commit(block, k_new.shape[0])

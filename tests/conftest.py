@@ -28,3 +28,23 @@ def official_pair(official_dir):
 
     vae = load_vae(official_dir / "vae.pth")
     return load_infinity(official_dir / "infinity.pth", vae.cfg), vae
+
+
+def export_tiny(root: Path, schedule: str, **kw):
+    from fastvar.export.artifact import ExportOptions, export
+
+    opts = ExportOptions(model="infinity-tiny", random_init=True, res=kw.pop("res", "1024"), schedule=schedule,
+                         text_len=kw.pop("text_len", 16), backend=kw.pop("backend", "onnxruntime"),
+                         out=str(root), **kw)
+    return export(opts, log=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory) -> dict[str, Path]:
+    """infinity-tiny at 1024 exported once per schedule (about 45 s each on 2 cores), shared by the tests."""
+    root = tmp_path_factory.mktemp("artifacts")
+    out = {}
+    for schedule in ("fastvar", "none"):
+        export_tiny(root / schedule, schedule)
+        out[schedule] = root / schedule
+    return out

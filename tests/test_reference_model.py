@@ -77,11 +77,12 @@ def test_fastvar_equals_none_before_first_pruned_step_and_differs_after(tiny):
         assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.5  # pruned, not broken
     # the kept sets of step 9: 615 per row and sub-layer, distinct positions. Block 0's SA sees identical
     # cond/uncond rows (text enters through CA), so its rows agree; after the CA they are selected apart.
-    idx_sa0, idx_ca0, _ = backend.kept_sets[9][0]
+    lo = plan.block_range[0]
+    idx_sa0, idx_ca0 = backend.kept_sets[9][f"kept_sa_{lo}"], backend.kept_sets[9][f"kept_ca_{lo}"]
     assert idx_sa0.shape == idx_ca0.shape == (2, 615)
     assert all(len(set(r.tolist())) == 615 for r in idx_sa0)
-    assert torch.equal(idx_sa0[0], idx_sa0[1])
-    idx_sa1 = backend.kept_sets[9][1][0]
+    assert np.array_equal(idx_sa0[0], idx_sa0[1])
+    idx_sa1 = backend.kept_sets[9][f"kept_sa_{lo + 1}"]
     assert set(idx_sa1[0].tolist()) != set(idx_sa1[1].tolist())
 
 

@@ -11,6 +11,7 @@ bf16 block weights and matmuls/attention; fp32 residual stream, norms, RoPE, Ada
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -63,9 +64,14 @@ class SelfAttention(nn.Module):
         self.register_buffer("zero_k_bias", torch.zeros(c))
         self.proj = nn.Linear(c, c)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor,
-                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (B, L, C) normed; past (P, B, H, hd) sequence-major. Returns out, new k, new v (L, B, H, hd)."""
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, past_k: torch.Tensor | None,
+                past_v: torch.Tensor | None, dtype: torch.dtype,
+                q_chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, L, C) normed; past (P, B, H, hd) sequence-major or None (the first step, which a static
+        graph cannot express as a zero-length input). Returns out, new k, new v (L, B, H, hd).
+
+        ``q_chunk`` splits the queries into static chunks: each query row's softmax is independent, so the
+        result is the same, while a decomposed-attention graph holds scores of one chunk at a time."""
         b, n, c = x.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias)).to(dtype)
         qkv = F.linear(x.to(dtype), self.mat_qkv.weight.to(dtype), bias).view(b, n, 3, self.heads, self.head_dim)
@@ -76,9 +82,15 @@ class SelfAttention(nn.Module):
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         k_new = k.to(dtype).permute(2, 0, 1, 3).contiguous()
         v_new = v.to(dtype).permute(2, 0, 1, 3).contiguous()
-        k_all = torch.cat((past_k, k_new), 0).permute(1, 2, 0, 3)
-        v_all = torch.cat((past_v, v_new), 0).permute(1, 2, 0, 3)
-        out = F.scaled_dot_product_attention(q.to(dtype), k_all, v_all, scale=1.0)
+        k_all = k_new if past_k is None else torch.cat((past_k, k_new), 0)
+        v_all = v_new if past_v is None else torch.cat((past_v, v_new), 0)
+        k_all, v_all = k_all.permute(1, 2, 0, 3), v_all.permute(1, 2, 0, 3)
+        q = q.to(dtype)
+        if q_chunk and n > q_chunk:
+            out = torch.cat([F.scaled_dot_product_attention(q[:, :, s:s + q_chunk], k_all, v_all, scale=1.0)
+                             for s in range(0, n, q_chunk)], dim=2)
+        else:
+            out = F.scaled_dot_product_attention(q, k_all, v_all, scale=1.0)
         out = out.transpose(1, 2).reshape(b, n, c)
         return _linear(out, self.proj, dtype), k_new, v_new
 
@@ -177,7 +189,7 @@ class Conditioning:
     """Per-image tensors, computed once: batch rows are [cond..., uncond...] when CFG is on."""
 
     batch: int  # B: images; rows are 2B when CFG is on
-    sos: torch.Tensor  # (B2, 1, C)
+    sos: torch.Tensor | None  # (B2, 1, C); only step 0 reads it
     gss: torch.Tensor  # (B2, 1, 6, C) fp32
     head_scale: torch.Tensor  # (B2, 1, C)
     head_shift: torch.Tensor  # (B2, 1, C)
@@ -188,12 +200,21 @@ class Conditioning:
 
 @dataclass
 class PruneStep:
-    """FastVAR at one step: kept count per sub-layer, token grid, cache grid and the block range."""
+    """FastVAR at one step: kept count per sub-layer, token grid, cache grid and the block range.
+
+    ``select`` and ``restore`` default to the reference definitions; the export passes their graph
+    spellings (TopK; the FastVARRestore node or its standard-op form), which the tests hold equal.
+    """
 
     kept: int
     hw: tuple[int, int]
     cache_hw: tuple[int, int]
     block_range: tuple[int, int]
+    select: Callable[[torch.Tensor, int], torch.Tensor] = select_pivotal
+    restore: Callable[..., torch.Tensor] = restore
+    # Kept indices supplied instead of selected, per pruned block (sa, ca, ffn) each (B2, K): validation
+    # graphs take the reference's selection as inputs, so their compute is compared on identical tokens.
+    given: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
 
 @dataclass
@@ -281,7 +302,7 @@ class Infinity(nn.Module):
             x = cond.sos
         else:
             x = self.word_embed(codes_in.float())
-            reps = cond.sos.shape[0] // x.shape[0]
+            reps = cond.gss.shape[0] // x.shape[0]
             x = x.repeat(reps, 1, 1)
         return x + self.lvl_embed.weight[si]
 
@@ -291,13 +312,14 @@ class Infinity(nn.Module):
         codes_in: torch.Tensor | None,
         cond: Conditioning,
         rope: torch.Tensor,
-        past_k: list[torch.Tensor],
-        past_v: list[torch.Tensor],
+        past_k: list[torch.Tensor | None],
+        past_v: list[torch.Tensor | None],
         cfg_scale: torch.Tensor,
         inv_tau: torch.Tensor,
         prune: PruneStep | None = None,
         restore_caches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
         collect_caches: bool = False,
+        q_chunks: list[int | None] | None = None,
     ) -> StepOutput:
         """One scale: codes_in (B, L, d) (None at step 0) -> CFG-mixed logits and this step's KV entries."""
         x = self.embed_input(si, codes_in, cond)
@@ -305,7 +327,8 @@ class Infinity(nn.Module):
         for i, blk in enumerate(self._flat):
             p = prune if prune is not None and prune.block_range[0] <= i < prune.block_range[1] else None
             rc = restore_caches[i] if p is not None else None
-            x, k, v, outs, idx = self._block(blk, x, cond, i, rope, past_k[i], past_v[i], p, rc)
+            qc = q_chunks[i] if q_chunks is not None else None
+            x, k, v, outs, idx = self._block(blk, x, cond, i, rope, past_k[i], past_v[i], p, rc, qc)
             new_k.append(k)
             new_v.append(v)
             caches.append(outs)
@@ -320,37 +343,37 @@ class Infinity(nn.Module):
                           caches=caches if collect_caches else None, kept_idx=kept if prune is not None else None)
 
     def _block(self, blk: CrossAttnBlock, x: torch.Tensor, cond: Conditioning, i: int, rope: torch.Tensor,
-               past_k: torch.Tensor, past_v: torch.Tensor, p: PruneStep | None,
-               rc: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None):
+               past_k: torch.Tensor | None, past_v: torch.Tensor | None, p: PruneStep | None,
+               rc: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, q_chunk: int | None = None):
         dt, eps = self.compute_dtype, self.cfg.norm_eps
         g1, g2, s1, s2, b1, b2 = (blk.ada_gss.float() + cond.gss).unbind(2)
 
-        def pick(xx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        def pick(xx: torch.Tensor, sub: int) -> tuple[torch.Tensor, torch.Tensor | None]:
             if p is None:
                 return xx, None
-            idx = select_pivotal(xx, p.kept)
+            idx = p.select(xx, p.kept) if p.given is None else p.given[i - p.block_range[0]][sub]
             return gather_tokens(xx, idx), idx
 
         def put(out: torch.Tensor, idx: torch.Tensor | None, cache: torch.Tensor | None) -> torch.Tensor:
             if idx is None:
                 return out
-            return restore(out, idx, cache, p.cache_hw, p.hw)
+            return p.restore(out, idx, cache, p.cache_hw, p.hw)
 
         # self-attention (RoPE rows follow the kept tokens, so they keep their 2-D positions)
-        xs, idx_sa = pick(x)
+        xs, idx_sa = pick(x, 0)
         table = rope
         if idx_sa is not None:
             table = rope[:, idx_sa].unsqueeze(2)  # (2, B, 1, K, hd/2)
-        sa, k_new, v_new = blk.sa(_ada_norm(xs, s1, b1, eps), table, past_k, past_v, dt)
+        sa, k_new, v_new = blk.sa(_ada_norm(xs, s1, b1, eps), table, past_k, past_v, dt, q_chunk)
         sa = (sa.float() * g1).to(sa.dtype)  # upstream multiplies in place: the SA output keeps its dtype
         x = x + put(sa, idx_sa, rc[0] if rc else None)
         # cross-attention to the text
-        xs, idx_ca = pick(x)
+        xs, idx_ca = pick(x, 1)
         normed = F.layer_norm(xs.float(), (xs.shape[-1],), blk.ca_norm.weight.float(), blk.ca_norm.bias.float(), eps)
         ca = blk.ca(normed, cond.ca_k[i], cond.ca_v[i], cond.text_mask, dt).float()
         x = x + put(ca, idx_ca, rc[1] if rc else None)
         # feed-forward
-        xs, idx_ffn = pick(x)
+        xs, idx_ffn = pick(x, 2)
         ffn = blk.ffn(_ada_norm(xs, s2, b2, eps), dt).float() * g2
         x = x + put(ffn, idx_ffn, rc[2] if rc else None)
         return x, k_new, v_new, (sa, ca, ffn), (idx_sa, idx_ca, idx_ffn)

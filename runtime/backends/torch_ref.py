@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
+import numpy as np
 import torch
 
+from fastvar.export.graphs import SUBLAYERS
 from fastvar.export.models.bsq_vae import BSQVAEDecoder
-from fastvar.export.models.infinity import Conditioning, Infinity, PruneStep
+from fastvar.export.models.infinity import Conditioning, Infinity, PruneStep, StepOutput
 from fastvar.export.models.rope import rope_freqs_grid, rope_table
 from fastvar.export.schedules import PrunePlan, ScaleSchedule, StepPlan
 from fastvar.runtime.kv_cache import KVCache
@@ -24,39 +28,55 @@ class TorchBackend:
         self.cond: Conditioning | None = None
         self.kv: KVCache | None = None
         self.restore_caches: list | None = None
-        self.kept_sets: dict[int, list] = {}
+        self.kept_sets: dict[int, dict[str, np.ndarray]] = {}  # step -> kept_{sub}_{block}, as graphs name them
+        self.last_output: StepOutput | None = None  # the last step's full output (goldens read it)
+        self.seconds = {"condition": 0.0, "step": 0.0, "decoder": 0.0}  # time inside the model (benchmarks)
+
+    def graph_seconds(self, kinds: tuple[str, ...] = ("condition", "step")) -> float:
+        return sum(self.seconds[k] for k in kinds)
 
     def start(self, text: torch.Tensor, lengths: torch.Tensor, cfg_active: bool) -> None:
         """Per-image state: conditioning, a fresh KV cache, no restore caches yet."""
         m = self.model
+        t0 = time.perf_counter()
         self.cond = m.condition(text, lengths, cfg_active)
+        self.seconds["condition"] += time.perf_counter() - t0
         rows = self.cond.sos.shape[0]
         self.kv = KVCache(self.plan, m.cfg.depth, rows, m.cfg.heads, m.cfg.head_dim, m.compute_dtype, self.device)
         self.restore_caches = None
         self.kept_sets = {}
 
     def step(self, st: StepPlan, codes_in: torch.Tensor | None, cfg: float, inv_tau: float,
-             write_kv: bool) -> torch.Tensor:
+             write_kv: bool, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+        """Logits of one step; sampling is left to the chain (``None`` bits)."""
         m, plan = self.model, self.plan
         depth = m.cfg.depth
         past = [self.kv.past(i) for i in range(depth)]
         prune = None
         if st.pruned:
             prune = PruneStep(kept=st.kept, hw=(st.h, st.w), cache_hw=plan.cache_hw, block_range=plan.block_range)
+        t0 = time.perf_counter()
         out = m.step(
             st.index, codes_in, self.cond, self.rope[st.index], [p[0] for p in past], [p[1] for p in past],
             torch.tensor(cfg, dtype=torch.float32, device=self.device),
             torch.tensor(inv_tau, dtype=torch.float32, device=self.device),
             prune=prune, restore_caches=self.restore_caches, collect_caches=st.index == plan.cache_scale,
         )
+        self.seconds["step"] += time.perf_counter() - t0
+        self.last_output = out
         if out.caches is not None:
             self.restore_caches = out.caches
         if out.kept_idx is not None:
-            self.kept_sets[st.index] = out.kept_idx
+            lo = plan.block_range[0]
+            self.kept_sets[st.index] = {f"kept_{sub}_{lo + j}": t.cpu().numpy() for j, idx in enumerate(out.kept_idx)
+                                        for sub, t in zip(SUBLAYERS, idx, strict=True)}
         if write_kv:
             for i in range(depth):
                 self.kv.write(i, out.new_k[i], out.new_v[i])
-        return out.logits
+        return out.logits, None
 
     def decode(self, summed: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(summed)
+        t0 = time.perf_counter()
+        image = self.vae.decode(summed)
+        self.seconds["decoder"] += time.perf_counter() - t0
+        return image

@@ -1,0 +1,360 @@
+"""``fastvar-export``: model + schedule -> static graphs, one weight store and a manifest.
+
+Stages are cached like TensorRT's diffusion demo, but by content, not by file existence: every graph
+has a key (a hash of its interface, the schedule, precision, restore-op spelling, opset and tool
+versions; weights are inputs, so graph keys do not depend on weight values) and every file its sha256.
+A re-run rebuilds only graphs whose key changed or whose file no longer matches, rewrites the weight
+store only when the weights' source changed, and says when there was nothing to do. The manifest is
+rewritten atomically after every file, marked incomplete until the end, so an interrupted export
+resumes and is never mistaken for a finished one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import fastvar
+from fastvar.atomic import atomic_write_bytes, atomic_write_json
+from fastvar.export.graphs import ConditionGraph, DecoderGraph, GraphDef, Shapes, StepGraph, weight_tensors
+from fastvar.export.memory_plan import MemoryPlan, memory_plan
+from fastvar.export.models.bsq_vae import BSQVAEDecoder
+from fastvar.export.models.factory import build_pair
+from fastvar.export.models.infinity import Infinity
+from fastvar.export.models.infinity_config import InfinityConfig, preset
+from fastvar.export.schedules import PrunePlan, ScaleSchedule, prune_plan, scale_schedule
+from fastvar.manifest import FORMAT_VERSION, MANIFEST, file_record, verify_file
+
+BACKENDS = ("tensorrt", "onnxruntime", "onnx")
+RESTORE_OPS = ("auto", "custom", "standard")
+TRT_TOPK_MAX = 3840
+
+
+@dataclass
+class ExportOptions:
+    model: str = "infinity-tiny"
+    ckpt: str | None = None
+    vae: str | None = None
+    random_init: bool = False
+    depth: int | None = None
+    weights_seed: int = 0
+    res: str = "1024"
+    aspect: str = "1:1"
+    schedule: str = "fastvar"
+    precision: str = "fp32"
+    batch: int = 1
+    text_len: int = 64
+    guidance: bool = True
+    backend: str = "onnxruntime"
+    restore_op: str = "auto"
+    out: str | None = None
+    force: bool = False
+    gpu_memory: float | None = None
+    attention_budget_mib: float | None = None  # None: 512 for onnxruntime, unchunked for TensorRT/onnx
+
+    def resolved_attention_budget(self) -> int | None:
+        """Bytes one chunk of decomposed attention may hold; TensorRT fuses attention, so no chunking."""
+        mib = self.attention_budget_mib
+        if mib is None:
+            mib = 512.0 if self.backend == "onnxruntime" else 0.0
+        return int(mib * 2**20) or None
+
+    def resolved_restore_op(self) -> str:
+        """TensorRT meets the custom node as its plugin; ONNX Runtime runs the standard spelling natively."""
+        if self.restore_op != "auto":
+            return self.restore_op
+        return "standard" if self.backend == "onnxruntime" else "custom"
+
+
+class ModelSource:
+    """Where the weights come from. Random weights are built only when something must be (re)written;
+    a checkpoint is opened at once (memory-mapped, so untouched weights are not read)."""
+
+    def __init__(self, opts: ExportOptions) -> None:
+        self.opts = opts
+        self._pair: tuple[Infinity, BSQVAEDecoder] | None = None
+        if opts.random_init:
+            if opts.ckpt or opts.vae:
+                raise ValueError("--random-init and --ckpt/--vae exclude each other: pick one")
+            cfg = preset(opts.model)
+            self.cfg = cfg.with_depth(opts.depth) if opts.depth is not None else cfg
+            self.identity = {"kind": "random-init", "preset": cfg.name, "depth": self.cfg.depth,
+                             "seed": opts.weights_seed}
+        else:
+            if not (opts.ckpt and opts.vae):
+                raise ValueError("give both --ckpt (transformer) and --vae (VAE) checkpoints, or --random-init")
+            self._pair = build_pair(opts.model, opts.ckpt, opts.vae, False, opts.depth, 0, opts.precision)
+            self.cfg = self._pair[0].cfg
+            self.identity = {"kind": "checkpoint", "ckpt": _file_identity(opts.ckpt), "vae": _file_identity(opts.vae)}
+
+    def pair(self) -> tuple[Infinity, BSQVAEDecoder]:
+        if self._pair is None:
+            o = self.opts
+            self._pair = build_pair(o.model, None, None, True, o.depth, o.weights_seed, o.precision)
+        return self._pair
+
+    def skeleton(self) -> Infinity:
+        """The model on the meta device: enough to describe every graph without any weight."""
+        if self._pair is not None:
+            return self._pair[0]
+        with torch.device("meta"):
+            return Infinity(self.cfg).set_precision(self.opts.precision)
+
+
+def _file_identity(path: str) -> dict:
+    p = Path(path).resolve()
+    if not p.exists():
+        raise ValueError(f"{path} does not exist")
+    files = sorted(p.rglob("*")) if p.is_dir() else [p]
+    return {"path": str(p), "files": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]}
+
+
+def _key(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def tool_versions() -> dict:
+    import onnx
+
+    return {"fastvar-trt": fastvar.__version__, "torch": torch.__version__.split("+")[0], "onnx": onnx.__version__}
+
+
+def schedule_record(sched: ScaleSchedule, plan: PrunePlan) -> list[dict]:
+    return [{"index": st.index, "h": st.h, "w": st.w, "tokens": st.tokens, "pruned_fraction": st.pruned_fraction,
+             "kept": st.kept, "skipped": st.skipped,
+             "graph": None if st.skipped else f"graphs/step_{st.index:02d}.onnx"} for st in plan.steps]
+
+
+def _graphs(model: Infinity, vae_cfg, sched: ScaleSchedule, plan: PrunePlan, shapes: Shapes, restore_fn,
+            vae: BSQVAEDecoder | None, budget: int | None) -> list:
+    out: list = [ConditionGraph(model, shapes)]
+    out += [StepGraph(model, sched, plan, st, shapes, restore_fn, attn_budget=budget) for st in plan.executed]
+    out += [StepGraph(model, sched, plan, st, shapes, restore_fn, given_indices=True, attn_budget=budget)
+            for st in plan.executed if st.pruned]
+    last = sched.scales[-1]
+    hw = (2 * last.h, 2 * last.w) if model.cfg.spatial_patchify else (last.h, last.w)
+    out.append(DecoderGraph(vae if vae is not None else _meta_vae(vae_cfg), hw, shapes.batch))
+    return out
+
+
+def _meta_vae(cfg) -> BSQVAEDecoder:
+    with torch.device("meta"):
+        return BSQVAEDecoder(cfg)
+
+
+def check_tensorrt_limits(plan: PrunePlan, backend: str) -> None:
+    """Refuse at export what TensorRT cannot build: its TopK takes k <= 3840 (``onnx`` graphs are the
+    ones fastvar-build turns into engines, so they are held to it too)."""
+    if backend not in ("tensorrt", "onnx"):
+        return
+    too_big = [st for st in plan.executed if st.pruned and st.kept > TRT_TOPK_MAX]
+    if too_big:
+        st = too_big[0]
+        raise ValueError(
+            f"step {st.index} ({st.h}x{st.w}) keeps {st.kept} tokens, but TensorRT's TopK selects at most "
+            f"{TRT_TOPK_MAX}; prune at least {st.tokens - TRT_TOPK_MAX} of its {st.tokens} tokens "
+            f"(fraction >= {(st.tokens - TRT_TOPK_MAX) / st.tokens:.3f}), or export with --backend onnxruntime"
+        )
+
+
+def resolve(opts: ExportOptions) -> tuple[ModelSource, ScaleSchedule, PrunePlan, Shapes]:
+    if opts.backend not in BACKENDS:
+        raise ValueError(f"unknown backend {opts.backend!r}; accepted: {', '.join(BACKENDS)}")
+    if opts.restore_op not in RESTORE_OPS:
+        raise ValueError(f"unknown restore op {opts.restore_op!r}; accepted: {', '.join(RESTORE_OPS)}")
+    if opts.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {opts.batch}")
+    source = ModelSource(opts)
+    cfg: InfinityConfig = source.cfg
+    if not 1 <= opts.text_len <= cfg.text_maxlen:
+        raise ValueError(f"--text-len must be in [1, {cfg.text_maxlen}] (the model's text maximum), "
+                         f"got {opts.text_len}")
+    sched = scale_schedule(opts.res, opts.aspect)
+    plan = prune_plan(sched, opts.schedule, cfg.depth)
+    check_tensorrt_limits(plan, opts.backend)
+    return source, sched, plan, Shapes(opts.batch, opts.text_len, opts.guidance)
+
+
+def plan_memory(opts: ExportOptions) -> MemoryPlan:
+    source, sched, plan, shapes = resolve(opts)
+    return memory_plan(source.cfg, sched, plan, shapes.batch, opts.precision, shapes.text_len, shapes.guidance)
+
+
+def default_out(opts: ExportOptions) -> Path:
+    schedule = opts.schedule.replace(":", "_").replace(",", "-")
+    depth = f"-d{opts.depth}" if opts.depth is not None else ""
+    guidance = "" if opts.guidance else "-nocfg"
+    name = f"{opts.model}{depth}-{opts.res}-{opts.aspect.replace(':', 'x')}-{schedule}-{opts.precision}"
+    return Path("engines") / f"{name}-b{opts.batch}-t{opts.text_len}{guidance}"
+
+
+def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
+    """Write (or bring up to date) the artifact of ``opts``; returns the manifest."""
+    if opts.backend == "tensorrt":
+        _require_tensorrt()
+    source, sched, plan, shapes = resolve(opts)
+    mem = memory_plan(source.cfg, sched, plan, shapes.batch, opts.precision, shapes.text_len, shapes.guidance)
+    if opts.gpu_memory is not None:
+        mem.check_fits(opts.gpu_memory)
+    root = Path(opts.out) if opts.out else default_out(opts)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"--out {root} exists and is not a directory")
+    root.mkdir(parents=True, exist_ok=True)
+    restore_op = opts.resolved_restore_op()
+    from fastvar.plugins.restore.onnx_op import register_schema, translation_table
+    from fastvar.plugins.restore.torch_op import restore_custom, restore_standard
+
+    register_schema()
+    restore_fn = restore_custom if restore_op == "custom" else restore_standard
+    table = translation_table() if restore_op == "custom" else None
+    tools = tool_versions()
+    skeleton = source.skeleton()
+    budget = opts.resolved_attention_budget()
+    defs = _graphs(skeleton, source.cfg.vae, sched, plan, shapes, restore_fn, None, budget)
+    common = {"opset": 20, "restore_op": restore_op, "precision": opts.precision, "tools": tools,
+              "config": source.cfg.to_dict()}
+    old = _previous(root, opts.force)
+    manifest = {
+        "format_version": FORMAT_VERSION, "complete": False,
+        "model": {"name": opts.model, "config": source.cfg.to_dict(), "source": source.identity},
+        "resolution": opts.res, "aspect": opts.aspect, "template": sched.template, "tier": sched.tier,
+        "pixels": list(sched.pixels), "precision": opts.precision, "batch": opts.batch, "text_len": opts.text_len,
+        "guidance": opts.guidance, "backend": opts.backend, "restore_op": restore_op, "opset": 20,
+        "schedule": plan.to_dict(), "cache_scale": plan.cache_scale, "rope_grid": list(sched.rope_grid),
+        "scales": schedule_record(sched, plan), "graphs": {}, "weights": [], "tools": tools,
+        "memory_plan": mem.to_dict(), "engines": {},
+    }
+    _sweep_temp_files(root)
+    if old:  # from here until the end the directory is an unfinished export, whatever happens
+        _write_manifest(root, {**old, "complete": False})
+    else:
+        _write_manifest(root, manifest)
+    rebuilt, t_all = [], time.perf_counter()
+    n = len(defs)
+    for i, g in enumerate(defs, 1):
+        d: GraphDef = g.definition()
+        key = graph_key(common, d, sched, plan, source.identity)
+        path = root / "graphs" / f"{d.name}.onnx"
+        prev = old.get("graphs", {}).get(d.name)
+        if prev and prev.get("key") == key and verify_file(root, prev["file"]) is None:
+            manifest["graphs"][d.name] = prev
+            continue
+        t0 = time.perf_counter()
+        model, vae = source.pair()
+        weights = weight_tensors(model)
+        if isinstance(g, DecoderGraph):
+            g = DecoderGraph(vae, g.code_hw, g.batch)
+        else:
+            g = type(g)(model, shapes) if isinstance(g, ConditionGraph) else \
+                StepGraph(model, sched, plan, g.st, shapes, restore_fn, given_indices=g.given_indices,
+                          attn_budget=budget)
+        data, final = _export_one(g, d, weights, table)
+        atomic_write_bytes(path, data)
+        manifest["graphs"][d.name] = {**final.signature(), "key": key, "file": file_record(root, path)}
+        rebuilt.append(d.name)
+        log(f"[{i}/{n}] {d.name}: {_what(d, plan)} exported in {time.perf_counter() - t0:.1f}s")
+        _write_manifest(root, manifest)
+    keys = sorted({w for g in manifest["graphs"].values() for w in g["weights"]})
+    wkey = _key({"source": source.identity, "precision": opts.precision, "keys": keys})
+    store = root / "weights" / "transformer.safetensors"
+    prev_w = (old.get("weights") or [None])[0]
+    if prev_w and prev_w.get("key") == wkey and verify_file(root, prev_w) is None:
+        manifest["weights"] = [prev_w]
+    else:
+        from fastvar.export.weight_store import write_store
+
+        t0 = time.perf_counter()
+        model, _ = source.pair()
+        write_store(store, keys, weight_tensors(model))
+        manifest["weights"] = [{**file_record(root, store), "key": wkey, "tensors": len(keys)}]
+        rebuilt.append("weights")
+        log(f"weights: {len(keys)} tensors, {store.stat().st_size / 2**20:.1f} MiB written in "
+            f"{time.perf_counter() - t0:.1f}s")
+    manifest["engines"] = {name: rec for name, rec in old.get("engines", {}).items()
+                           if manifest["graphs"].get(name, {}).get("key") == rec.get("graph_key")}
+    manifest["complete"] = True
+    _write_manifest(root, manifest)
+    if rebuilt:
+        log(f"exported {len(rebuilt)} of {n + 1} files to {root} in {time.perf_counter() - t_all:.1f}s")
+    else:
+        log(f"{root} is up to date: nothing to export (use --force to rebuild)")
+    manifest["_rebuilt"] = rebuilt
+    manifest["_root"] = str(root)
+    return manifest
+
+
+def graph_key(common: dict, d: GraphDef, sched: ScaleSchedule, plan: PrunePlan, source: dict) -> str:
+    """Everything a graph file depends on: its interface, what it bakes in, how it was exported, and for
+    the VAE graph (which holds its weights) the weights' source. Step graphs do not depend on weights."""
+    return _key({**common, "graph": d.signature(), **_baked(d, sched, plan),
+                 **({"vae": source} if d.kind == "decoder" else {})})
+
+
+def _baked(d: GraphDef, sched: ScaleSchedule, plan: PrunePlan) -> dict:
+    """What a graph bakes in beyond its interface: a step's grid, RoPE table and FastVAR geometry."""
+    if d.kind not in ("step", "validate"):
+        return {}
+    st = plan.steps[d.step]
+    return {"hw": [st.h, st.w], "rope_grid": list(sched.rope_grid), "cache_hw": plan.cache_hw,
+            "block_range": list(plan.block_range), "kept": st.kept}
+
+
+def _export_one(g, d: GraphDef, weights: dict, table) -> tuple[bytes, GraphDef]:
+    from fastvar.export.onnx_export import export_graph
+
+    if isinstance(g, DecoderGraph):
+        return export_graph(g.module(), d, {}, None)
+    return export_graph(g.module(), d, weights, table)
+
+
+def _what(d: GraphDef, plan: PrunePlan) -> str:
+    if d.kind not in ("step", "validate"):
+        return d.kind
+    st = plan.steps[d.step]
+    what = f"{st.h}x{st.w}, {st.tokens} tokens" + (f", keeps {st.kept}" if st.pruned else "")
+    return what + (" (validation variant: kept indices as inputs)" if d.kind == "validate" else "")
+
+
+def _previous(root: Path, force: bool) -> dict:
+    path = root / MANIFEST
+    if force or not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        return {}
+    if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+        return {}
+    return data
+
+
+def _sweep_temp_files(root: Path) -> None:
+    """Remove what an interrupted atomic write left behind (``.name.XXXX.tmp``): never a finished file."""
+    for p in root.rglob(".*.tmp"):
+        if p.is_file():
+            p.unlink()
+
+
+def _write_manifest(root: Path, manifest: dict) -> None:
+    atomic_write_json(root / MANIFEST, {k: v for k, v in manifest.items() if not k.startswith("_")})
+
+
+def _require_tensorrt() -> None:
+    try:
+        import tensorrt  # noqa: F401
+    except Exception as err:
+        raise ValueError(
+            f"--backend tensorrt needs TensorRT, which does not import here ({type(err).__name__}: {err}). "
+            "Export the graphs anywhere with --backend onnx, then run fastvar-build DIR on the GPU machine"
+        ) from None
+
+
+def artifact_dir(manifest: dict) -> os.PathLike:
+    return Path(manifest["_root"])

@@ -1,0 +1,319 @@
+"""The graphs of one artifact, one class per kind: each knows its inputs, outputs and static shapes,
+and builds the module that the exporter traces.
+
+Every traced module calls the reference model's own code (``Infinity.condition``, ``Infinity.step``,
+``BSQVAEDecoder.decode``), so a graph cannot drift from the reference. Transformer weights are graph
+inputs (bound at run time to the one shared weight store, see docs/design/tensorrt.md), which
+``torch.func.functional_call`` makes explicit while tracing; the VAE graph keeps its own weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from fastvar.export.fastvar import select_pivotal_topk
+from fastvar.export.kv_layout import new_length, past_lengths
+from fastvar.export.models.bsq_vae import BSQVAEDecoder
+from fastvar.export.models.infinity import Conditioning, Infinity, PruneStep
+from fastvar.export.models.rope import rope_freqs_grid, rope_table
+from fastvar.export.schedules import PrunePlan, ScaleSchedule, StepPlan
+from fastvar.runtime.sampling import sample_bits
+
+DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16",
+               torch.bool: "bool", torch.int64: "int64", torch.int32: "int32", torch.uint8: "uint8"}
+TORCH_DTYPES = {v: k for k, v in DTYPE_NAMES.items()}
+SUBLAYERS = ("sa", "ca", "ffn")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    def empty(self) -> torch.Tensor:
+        """An uninitialised example (untouched pages cost no memory): tracing reads only metadata."""
+        return torch.empty(self.shape, dtype=TORCH_DTYPES[self.dtype])
+
+
+def _spec(name: str, shape: tuple[int, ...], dtype: torch.dtype | str) -> TensorSpec:
+    return TensorSpec(name, tuple(int(d) for d in shape), dtype if isinstance(dtype, str) else DTYPE_NAMES[dtype])
+
+
+@dataclass
+class Shapes:
+    """What fixes a graph's static shapes besides the schedule."""
+
+    batch: int
+    text_len: int
+    guidance: bool
+
+    @property
+    def rows(self) -> int:
+        """Rows through the transformer: conditional then unconditional half when CFG is on."""
+        return 2 * self.batch if self.guidance else self.batch
+
+
+@dataclass
+class GraphDef:
+    """One graph: a name, its data inputs/outputs in order, and the weights it binds."""
+
+    name: str
+    kind: str  # condition | step | decoder
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    weights: list[str] = field(default_factory=list)  # model parameter names traced as inputs
+    step: int | None = None
+    baked: dict = field(default_factory=dict)  # choices fixed inside the graph (e.g. attention query chunks)
+
+    def signature(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "step": self.step,
+                "inputs": [s.to_dict() for s in self.inputs], "outputs": [s.to_dict() for s in self.outputs],
+                "weights": list(self.weights), "baked": dict(self.baked)}
+
+
+class _Traced(nn.Module):
+    """Maps a flat tuple (data inputs, then weights) onto a call of the model with those weights."""
+
+    def __init__(self, model: nn.Module, weight_names: list[str], n_data: int,
+                 call: Callable[[nn.Module, tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]) -> None:
+        super().__init__()
+        self.model, self.weight_names, self.n_data, self.call = model, weight_names, n_data, call
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        data, weights = tensors[: self.n_data], tensors[self.n_data:]
+        params = dict(zip(self.weight_names, weights, strict=True))
+        return functional_call(self.model, params, (data,), {"_call": self.call}, strict=False, tie_weights=False)
+
+
+class _CallModel(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.m = model
+
+    def forward(self, data: tuple[torch.Tensor, ...], _call) -> tuple[torch.Tensor, ...]:
+        return _call(self.m, data)
+
+
+def _param_names(model: nn.Module, prefix: str = "m.") -> list[str]:
+    names = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
+    return [prefix + n for n in names]
+
+
+def weight_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of the model under its upstream name (what the weight store holds)."""
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+class ConditionGraph:
+    """Text embeddings -> pooled condition, AdaLN parameters and every block's cross-attention K/V."""
+
+    def __init__(self, model: Infinity, shapes: Shapes) -> None:
+        self.model, self.shapes = model, shapes
+
+    def definition(self) -> GraphDef:
+        cfg, s, dt = self.model.cfg, self.shapes, self.model.compute_dtype
+        r, c = s.rows, cfg.width
+        inputs = [_spec("text", (s.batch, s.text_len, cfg.text_channels), "float32"),
+                  _spec("text_lengths", (s.batch,), "int64")]
+        outputs = [_spec("sos", (r, 1, c), "float32"), _spec("gss", (r, 1, 6, c), "float32"),
+                   _spec("head_scale", (r, 1, c), "float32"), _spec("head_shift", (r, 1, c), "float32"),
+                   _spec("text_mask", (r, s.text_len), "bool")]
+        for i in range(cfg.depth):
+            for kv in ("ca_k", "ca_v"):
+                outputs.append(_spec(f"{kv}_{i}", (r, cfg.heads, s.text_len, cfg.head_dim), dt))
+        return GraphDef("condition", "condition", inputs, outputs, _param_names(self.model, ""))
+
+    def module(self) -> nn.Module:
+        guidance = self.shapes.guidance
+
+        def call(m: Infinity, data: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            text, lengths = data
+            cond = m.condition(text, lengths, cfg_active=guidance)
+            out = [cond.sos, cond.gss, cond.head_scale, cond.head_shift, cond.text_mask]
+            for k, v in zip(cond.ca_k, cond.ca_v, strict=True):
+                out += [k, v]
+            return tuple(out)
+
+        d = self.definition()
+        return _Traced(_CallModel(self.model), _param_names(self.model), len(d.inputs), call)
+
+
+class StepGraph:
+    """One executed scale with every state tensor explicit, at this step's static sizes.
+
+    Inputs: the scale's tokens (sos at step 0, else the upsampled codes), the conditioning, each
+    block's past K/V prefix (absent at step 0), FastVAR's restore caches at pruned steps, cfg, 1/tau
+    and the step's uniform noise. Outputs: CFG-mixed logits, the sampled bits (upstream's top-p rule,
+    so a device chain needs no host round trip), each block's new K/V slice (not at the last step),
+    the restore caches at the cache step, and the kept indices at pruned steps (kept-set reports).
+    """
+
+    def __init__(self, model: Infinity, sched: ScaleSchedule, plan: PrunePlan, st: StepPlan, shapes: Shapes,
+                 restore_fn: Callable[..., torch.Tensor] | None = None, given_indices: bool = False,
+                 attn_budget: int | None = None) -> None:
+        if st.skipped:
+            raise ValueError(f"step {st.index} is skipped by the schedule and has no graph")
+        if given_indices and not st.pruned:
+            raise ValueError(f"step {st.index} is not pruned: it has no validation variant")
+        self.given_indices = given_indices  # the validation variant: kept indices are inputs
+        self.attn_budget = attn_budget  # bytes of attention scores (+ probabilities) one chunk may hold
+        self.model, self.sched, self.plan, self.st, self.shapes = model, sched, plan, st, shapes
+        self.restore_fn = restore_fn
+        self.last = st.index == plan.executed[-1].index
+
+    @property
+    def blocks_pruned(self) -> list[int]:
+        return [i for i in range(self.model.cfg.depth) if self.st.pruned and self.plan.block_pruned(i)]
+
+    def definition(self) -> GraphDef:
+        cfg, s, st, plan = self.model.cfg, self.shapes, self.st, self.plan
+        dt, r, c, h, hd = self.model.compute_dtype, s.rows, cfg.width, cfg.heads, cfg.head_dim
+        past = past_lengths(plan, cfg.depth, st.index)
+        lc = plan.steps[plan.cache_scale].tokens if plan.cache_scale is not None else 0
+        inputs = [_spec("sos", (r, 1, c), "float32") if st.index == 0
+                  else _spec("codes", (s.batch, st.tokens, cfg.bits), "float32"),
+                  _spec("gss", (r, 1, 6, c), "float32"), _spec("head_scale", (r, 1, c), "float32"),
+                  _spec("head_shift", (r, 1, c), "float32"), _spec("text_mask", (r, s.text_len), "bool")]
+        for i in range(cfg.depth):
+            inputs += [_spec(f"ca_k_{i}", (r, h, s.text_len, hd), dt), _spec(f"ca_v_{i}", (r, h, s.text_len, hd), dt)]
+        for i in range(cfg.depth):
+            if past[i]:
+                inputs += [_spec(f"past_k_{i}", (past[i], r, h, hd), dt), _spec(f"past_v_{i}", (past[i], r, h, hd), dt)]
+        for i in self.blocks_pruned:
+            inputs += [_spec(f"cache_sa_{i}", (r, lc, c), dt), _spec(f"cache_ca_{i}", (r, lc, c), "float32"),
+                       _spec(f"cache_ffn_{i}", (r, lc, c), "float32")]
+        if self.given_indices:
+            for i in self.blocks_pruned:
+                inputs += [_spec(f"kept_{sub}_{i}", (r, st.kept), "int64") for sub in SUBLAYERS]
+        if s.guidance:
+            inputs.append(_spec("cfg_scale", (), "float32"))
+        inputs += [_spec("inv_tau", (), "float32"), _spec("noise", (s.batch, st.tokens, cfg.bits), "float32")]
+        outputs = [_spec("logits", (s.batch, st.tokens, cfg.vocab), "float32"),
+                   _spec("bits", (s.batch, st.tokens, cfg.bits), "uint8")]
+        if not self.last:
+            for i in range(cfg.depth):
+                n = new_length(plan, st, i)
+                outputs += [_spec(f"new_k_{i}", (n, r, h, hd), dt), _spec(f"new_v_{i}", (n, r, h, hd), dt)]
+        if st.index == plan.cache_scale:
+            for i in range(cfg.depth):
+                if plan.block_pruned(i):
+                    outputs += [_spec(f"cache_sa_{i}", (r, st.tokens, c), dt),
+                                _spec(f"cache_ca_{i}", (r, st.tokens, c), "float32"),
+                                _spec(f"cache_ffn_{i}", (r, st.tokens, c), "float32")]
+        if not self.given_indices:
+            for i in self.blocks_pruned:
+                outputs += [_spec(f"kept_{sub}_{i}", (r, st.kept), "int64") for sub in SUBLAYERS]
+        name, kind = (f"step_{st.index:02d}_validate", "validate") if self.given_indices else \
+            (f"step_{st.index:02d}", "step")
+        chunks = self.q_chunks()
+        baked = {"attention_query_chunks": chunks} if any(chunks) else {}
+        return GraphDef(name, kind, inputs, outputs, _param_names(self.model, ""), st.index, baked)
+
+    def q_chunks(self) -> list[int | None]:
+        """Per block, the query chunk that keeps decomposed attention's scores and probabilities within the
+        budget (None: no chunking). Graphs for fused attention (TensorRT) are exported without a budget."""
+        cfg, plan, st = self.model.cfg, self.plan, self.st
+        if not self.attn_budget:
+            return [None] * cfg.depth
+        past = past_lengths(plan, cfg.depth, st.index)
+        item = torch.empty((), dtype=self.model.compute_dtype).element_size()
+        out: list[int | None] = []
+        for i in range(cfg.depth):
+            n = new_length(plan, st, i)
+            per_query = 2 * self.shapes.rows * cfg.heads * (past[i] + n) * item
+            chunk = max(1, self.attn_budget // per_query)
+            chunk = chunk - chunk % 64 if chunk >= 128 else chunk
+            out.append(None if chunk >= n else int(chunk))
+        return out
+
+    def prune_step(self) -> PruneStep | None:
+        st, plan = self.st, self.plan
+        if not st.pruned:
+            return None
+        extra = {} if self.restore_fn is None else {"restore": self.restore_fn}
+        return PruneStep(kept=st.kept, hw=(st.h, st.w), cache_hw=plan.cache_hw, block_range=plan.block_range,
+                         select=select_pivotal_topk, **extra)
+
+    def _given(self, x: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, ...]] | None:
+        if not self.given_indices:
+            return None
+        return [tuple(x[f"kept_{sub}_{i}"] for sub in SUBLAYERS) for i in self.blocks_pruned]
+
+    def module(self) -> nn.Module:
+        cfg, st, plan, shapes = self.model.cfg, self.st, self.plan, self.shapes
+        d = self.definition()
+        names = [t.name for t in d.inputs]
+        scale = self.sched.scales[st.index]
+        rope = rope_table(cfg.head_dim, (scale.h, scale.w), self.sched.rope_grid, rope_freqs_grid(cfg.head_dim))
+        prune, last, pruned_blocks, given = self.prune_step(), self.last, self.blocks_pruned, self._given
+        q_chunks = self.q_chunks()
+        is_cache = st.index == plan.cache_scale
+
+        def call(m: Infinity, data: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            x = dict(zip(names, data, strict=True))
+            cond = Conditioning(batch=shapes.batch, sos=x.get("sos"), gss=x["gss"], head_scale=x["head_scale"],
+                                head_shift=x["head_shift"], text_mask=x["text_mask"],
+                                ca_k=[x[f"ca_k_{i}"] for i in range(cfg.depth)],
+                                ca_v=[x[f"ca_v_{i}"] for i in range(cfg.depth)])
+            caches, step_prune = None, prune
+            if prune is not None:
+                step_prune = replace(prune, given=given(x))
+                caches = [tuple(x[f"cache_{sub}_{i}"] for sub in SUBLAYERS) if i in pruned_blocks else None
+                          for i in range(cfg.depth)]
+            cfg_scale = x.get("cfg_scale", torch.ones((), dtype=torch.float32))
+            out = m.step(st.index, x.get("codes"), cond, rope,
+                         [x.get(f"past_k_{i}") for i in range(cfg.depth)],
+                         [x.get(f"past_v_{i}") for i in range(cfg.depth)],
+                         cfg_scale, x["inv_tau"], prune=step_prune, restore_caches=caches, collect_caches=is_cache,
+                         q_chunks=q_chunks)
+            res = [out.logits, sample_bits(out.logits, x["noise"])]
+            if not last:
+                for k, v in zip(out.new_k, out.new_v, strict=True):
+                    res += [k, v]
+            if is_cache:
+                for i in range(cfg.depth):
+                    if plan.block_pruned(i):
+                        res += list(out.caches[i])
+            if prune is not None and not self.given_indices:
+                for idx in out.kept_idx:
+                    res += list(idx)
+            return tuple(res)
+
+        return _Traced(_CallModel(self.model), _param_names(self.model), len(d.inputs), call)
+
+
+class DecoderGraph:
+    """Summed codes at the final scale -> image in [-1, 1]; keeps its own weights (one graph uses them)."""
+
+    def __init__(self, vae: BSQVAEDecoder, code_hw: tuple[int, int], batch: int) -> None:
+        self.vae, self.code_hw, self.batch = vae, code_hw, batch
+
+    def definition(self) -> GraphDef:
+        h, w = self.code_hw
+        stride = self.vae.cfg.stride
+        codes = _spec("codes", (self.batch, self.vae.cfg.codebook_dim, h, w), "float32")
+        image = _spec("image", (self.batch, 3, h * stride, w * stride), "float32")
+        return GraphDef("decoder", "decoder", [codes], [image])
+
+    def module(self) -> nn.Module:
+        vae = self.vae
+
+        class _Decode(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.vae = vae
+
+            def forward(self, codes: torch.Tensor) -> torch.Tensor:
+                return self.vae.decode(codes)
+
+        return _Decode()
+

@@ -1,0 +1,112 @@
+"""The one weight store of an artifact: every weight the graphs bind, once, in safetensors format.
+
+Written tensor by tensor (the 2B's 8.8 GB of fp32 weights are never copied whole in memory, and a
+linear weight that graphs consume transposed is transposed one tensor at a time), atomically, and
+read back by every runtime backend. The file is standard safetensors: ``safetensors.safe_open`` reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastvar.atomic import atomic_path
+from fastvar.export.onnx_export import TRANSPOSED_SUFFIX
+
+_ST_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int64: "I64",
+              torch.int32: "I32", torch.bool: "BOOL"}
+_TORCH_DTYPES = {v: k for k, v in _ST_DTYPES.items()}
+
+
+class StoreError(ValueError):
+    pass
+
+
+def stored_tensor(weights: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+    """The tensor a graph binds under ``key``: the weight itself, or its transpose for ``name.T``."""
+    if key.endswith(TRANSPOSED_SUFFIX):
+        return weights[key[: -len(TRANSPOSED_SUFFIX)]].detach().t()
+    return weights[key].detach()
+
+
+def write_store(path: str | os.PathLike, keys: Iterable[str], weights: dict[str, torch.Tensor],
+                progress: Callable[[str], None] | None = None) -> int:
+    """Write what the graphs bind under ``keys`` (model weights, ``name.T`` transposed) to ``path``."""
+    return write_tensors(path, {k: (lambda k=k: stored_tensor(weights, k)) for k in keys}, progress)
+
+
+def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor | Callable[[], torch.Tensor]],
+                  progress: Callable[[str], None] | None = None) -> int:
+    """Write named tensors (or thunks producing them, one at a time) sorted by name; returns the size."""
+    keys = sorted(tensors)
+
+    def get(k: str) -> torch.Tensor:
+        t = tensors[k]
+        return (t() if callable(t) else t).detach()
+
+    header, offset = {}, 0
+    for k in keys:
+        t = get(k)
+        n = t.numel() * t.element_size()
+        header[k] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    header["__metadata__"] = {"format": "pt", "writer": "fastvar-trt"}
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for k in keys:
+            t = get(k).contiguous().cpu()
+            f.write(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if progress:
+            progress(f"weights: {len(keys)} tensors, {offset / 2**20:.1f} MiB")
+    return Path(path).stat().st_size
+
+
+def read_header(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise StoreError(f"{path} is truncated: no safetensors header")
+        (n,) = struct.unpack("<Q", head)
+        if n > 100 * 2**20:
+            raise StoreError(f"{path} has an implausible header size ({n} bytes): not a weight store")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            raise StoreError(f"{path}: unreadable safetensors header") from None
+    header.pop("__metadata__", None)
+    size = path.stat().st_size
+    end = max((v["data_offsets"][1] for v in header.values()), default=0)
+    if 8 + n + end != size:
+        raise StoreError(f"{path} is {size} bytes, its header describes {8 + n + end}: truncated or corrupted")
+    header["__data_start__"] = 8 + n
+    return header
+
+
+def read_store(path: str | os.PathLike, keys: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """Load tensors (all, or ``keys``) into memory once; CPU tensors that backends share."""
+    header = read_header(path)
+    start = header.pop("__data_start__")
+    wanted = list(header) if keys is None else list(keys)
+    missing = [k for k in wanted if k not in header]
+    if missing:
+        raise StoreError(f"{path} lacks weights the graphs bind: {missing[:5]}{' …' if len(missing) > 5 else ''}")
+    out = {}
+    with open(path, "rb") as f:
+        for k in wanted:
+            info = header[k]
+            a, b = info["data_offsets"]
+            f.seek(start + a)
+            buf = np.fromfile(f, dtype=np.uint8, count=b - a)
+            dtype = _TORCH_DTYPES[info["dtype"]]
+            out[k] = torch.from_numpy(buf).view(dtype).reshape(info["shape"])
+    return out

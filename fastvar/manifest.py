@@ -1,0 +1,103 @@
+"""Reading an artifact: its manifest, typed access, and integrity checks before anything runs.
+
+Every file the manifest lists carries its size and sha256; a run refuses a missing, truncated or
+altered file naming it, and refuses a manifest whose export did not finish.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastvar.export.schedules import PrunePlan, StepPlan
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class ArtifactError(ValueError):
+    """An artifact that cannot be used as it is, with the reason and what to do."""
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 16 * 2**20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_record(root: Path, path: Path) -> dict:
+    return {"path": path.relative_to(root).as_posix(), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def verify_file(root: Path, rec: dict, hash_check: bool = True) -> str | None:
+    """None if the file is as recorded, else why not."""
+    p = root / rec["path"]
+    if not p.is_file():
+        return f"{p} is missing"
+    size = p.stat().st_size
+    if size != rec["bytes"]:
+        return f"{p} is {size} bytes, the manifest records {rec['bytes']} (truncated or replaced)"
+    if hash_check and sha256_file(p) != rec["sha256"]:
+        return f"{p} does not match its recorded sha256 (corrupted or replaced)"
+    return None
+
+
+@dataclass
+class Artifact:
+    root: Path
+    data: dict
+
+    @classmethod
+    def load(cls, root: str | os.PathLike) -> Artifact:
+        root = Path(root)
+        path = root / MANIFEST
+        if not path.is_file():
+            raise ArtifactError(f"{root} has no {MANIFEST}: export one with fastvar-export --out {root}")
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as err:
+            raise ArtifactError(f"{path} is not valid JSON ({err}); re-run fastvar-export") from None
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ArtifactError(f"{path} has format_version {version!r}; this fastvar-trt reads {FORMAT_VERSION}. "
+                                "Re-export with this version (fastvar-export --force)")
+        return cls(root, data)
+
+    def verify(self, hash_check: bool = True) -> None:
+        if not self.data.get("complete"):
+            raise ArtifactError(f"{self.root}: the export did not finish (manifest marked incomplete); "
+                                "re-run the same fastvar-export command to complete it")
+        problems = [why for rec in self.files() if (why := verify_file(self.root, rec, hash_check))]
+        if problems:
+            raise ArtifactError("; ".join(problems) + ". Re-run fastvar-export on this directory to rebuild it")
+
+    def files(self) -> list[dict]:
+        return [*(g["file"] for g in self.data["graphs"].values()), *self.data["weights"]]
+
+    # ---- typed views ---------------------------------------------------------------------------
+    def plan(self) -> PrunePlan:
+        s = self.data["schedule"]
+        steps = tuple(StepPlan(**st) for st in s["steps"])
+        return PrunePlan(spec=s["spec"], steps=steps, cache_scale=s["cache_scale"],
+                         block_range=tuple(s["block_range"]))
+
+    def run_graphs(self) -> list[str]:
+        """Graphs a generation runs (validation variants are for fastvar-validate only)."""
+        return [n for n, g in self.data["graphs"].items() if g["kind"] != "validate"]
+
+    def graph(self, name: str) -> dict:
+        try:
+            return self.data["graphs"][name]
+        except KeyError:
+            raise ArtifactError(f"{self.root}: the manifest lists no graph {name!r}") from None
+
+    def graph_path(self, name: str) -> Path:
+        return self.root / self.graph(name)["file"]["path"]
+
+    def weight_path(self) -> Path:
+        return self.root / self.data["weights"][0]["path"]

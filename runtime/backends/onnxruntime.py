@@ -1,0 +1,212 @@
+"""The ONNX Runtime backend: the artifact's graphs chained with IOBinding.
+
+Weights: the store is read once; each weight becomes one OrtValue that every session binds by address
+(graphs take weights as inputs), so the process holds one copy however many graphs there are.
+KV cache: one sequence-major buffer per block and per k/v for the whole image (``KVCache``); each
+step binds its past as the prefix view and its ``new_k_i``/``new_v_i`` outputs as the slice right
+after it, so ONNX Runtime writes the new entries in place: no per-step copy of the cache.
+CPU here; the CUDA provider when onnxruntime-gpu is installed (tensors then live on the GPU).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from fastvar.export.graphs import TORCH_DTYPES
+from fastvar.export.schedules import StepPlan
+from fastvar.export.weight_store import read_store
+from fastvar.manifest import Artifact, ArtifactError
+from fastvar.runtime.kv_cache import KVCache
+
+_NP = {torch.float32: np.float32, torch.int64: np.int64, torch.bool: np.bool_, torch.float16: np.float16,
+       torch.uint8: np.uint8}
+
+
+def _providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ArtifactError("the CUDA provider is not available: install onnxruntime-gpu (not beside onnxruntime)")
+        return ["CUDAExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class _Session:
+    """One graph: a session, its IOBinding with the weights bound once, and its interface."""
+
+    def __init__(self, art: Artifact, name: str, weights: dict[str, object], device: str, threads: int | None) -> None:
+        import onnx
+        import onnxruntime as ort
+
+        rec = art.graph(name)
+        self.name, self.rec, self.device = name, rec, device
+        self.torch_device = torch.device("cuda" if device == "cuda" else "cpu")
+        self.path = art.graph_path(name)
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+        if rec["kind"] == "decoder":
+            # The VAE keeps its weights as initializers; the CPU provider's NCHWc layout pass would hold a
+            # reordered copy beside them (2.7x the weights measured). Extended fusions without it: 1x.
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        source: str | bytes = str(art.graph_path(name))
+        if art.data["restore_op"] == "custom" and rec["kind"] == "step":
+            from fastvar.plugins.restore.ort_op import for_onnxruntime, session_options
+
+            source = for_onnxruntime(onnx.load(source)).SerializeToString()
+            so = session_options(so)
+        self.session = ort.InferenceSession(source, so, providers=_providers(device))
+        self.io = self.session.io_binding()
+        for w in rec["weights"]:
+            self.io.bind_ortvalue_input(w, weights[w])
+        self.inputs = {t["name"]: t for t in rec["inputs"]}
+        self.bound: dict[str, torch.Tensor] = {}  # ORT holds raw pointers: keep what they point at alive
+        self.seconds = 0.0  # time inside ONNX Runtime (benchmarks: the rest is the runtime's overhead)
+        self.outputs = {t["name"]: t for t in rec["outputs"]}
+
+    def bind_input(self, name: str, t: torch.Tensor) -> None:
+        spec = self.inputs[name]
+        if list(t.shape) != spec["shape"] or t.dtype != TORCH_DTYPES[spec["dtype"]]:
+            raise ArtifactError(f"{self.name}: input {name} is {tuple(t.shape)} {t.dtype}, the graph takes "
+                                f"{tuple(spec['shape'])} {spec['dtype']}")
+        if not t.is_contiguous():
+            raise ArtifactError(f"{self.name}: input {name} is not contiguous; it would need a copy")
+        self.bound[name] = t
+        self.io.bind_input(name, self.device, 0, _NP[t.dtype], list(t.shape), t.data_ptr())
+
+    def bind_output(self, name: str, t: torch.Tensor | None = None) -> None:
+        """Bind an output to ``t`` (a KV slice), or to a fresh tensor on the run's device: either way ORT
+        writes into memory we own, so results stay where they are (no copy back to the host on CUDA)."""
+        if t is None:
+            spec = self.outputs[name]
+            t = torch.empty(spec["shape"], dtype=TORCH_DTYPES[spec["dtype"]], device=self.torch_device)
+        if not t.is_contiguous():
+            raise ArtifactError(f"{self.name}: output buffer for {name} is not contiguous")
+        self.bound[name] = t
+        self.io.bind_output(name, self.device, 0, _NP[t.dtype], list(t.shape), t.data_ptr())
+
+    def initializer_shapes(self) -> list[tuple[int, ...]]:
+        """Shapes of the weights this graph keeps inside (the VAE's), read from the session's own model."""
+        import onnx
+
+        model = onnx.load(str(self.path), load_external_data=False)
+        return [tuple(t.dims) for t in model.graph.initializer]
+
+    def run(self) -> dict[str, torch.Tensor]:
+        """Run; every output is already in the tensor bound to it."""
+        if self.torch_device.type == "cuda":
+            # torch filled the inputs on its stream; ONNX Runtime's CUDA provider runs on its own
+            torch.cuda.current_stream().synchronize()
+        t0 = time.perf_counter()
+        self.session.run_with_iobinding(self.io)
+        self.seconds += time.perf_counter() - t0
+        return {n: self.bound[n] for n in self.outputs}
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, art: Artifact, device: str = "cpu", threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        if art.data["precision"] != "fp32":
+            raise ArtifactError(f"{art.root} is a {art.data['precision']} artifact; the ONNX Runtime backend runs fp32 "
+                                "artifacts (its CPU provider has no bf16 kernels). Export with --precision fp32, "
+                                "or build TensorRT engines from it (fastvar-build)")
+        self.art, self.device = art, device
+        self.torch_device = torch.device("cuda" if device == "cuda" else "cpu")
+        self.plan = art.plan()
+        cfg = art.data["model"]["config"]
+        self.depth, self.heads, self.head_dim = cfg["depth"], cfg["heads"], cfg["head_dim"]
+        self.text_len, self.guidance = art.data["text_len"], art.data["guidance"]
+        self.host_weights = read_store(art.weight_path())
+        self.weights = {k: ort.OrtValue.ortvalue_from_numpy(v.numpy(), device, 0)
+                        for k, v in self.host_weights.items()}
+        self.sessions = {name: _Session(art, name, self.weights, device, threads) for name in art.run_graphs()}
+        self.weight_bytes = sum(t.numel() * t.element_size() for t in self.host_weights.values()) + sum(
+            int(np.prod(shape)) * 4 for shape in self.sessions["decoder"].initializer_shapes())
+        self.cond: dict[str, torch.Tensor] = {}
+        self.caches: dict[str, torch.Tensor] = {}
+        self.kept_sets: dict[int, dict[str, np.ndarray]] = {}
+        self.kv: KVCache | None = None
+
+    def graph_seconds(self, kinds: tuple[str, ...] = ("condition", "step")) -> float:
+        """Seconds spent inside ONNX Runtime so far, for graphs of these kinds."""
+        return sum(s.seconds for s in self.sessions.values() if s.rec["kind"] in kinds)
+
+    def start(self, text: torch.Tensor, lengths: torch.Tensor, cfg_active: bool) -> None:
+        if cfg_active != self.guidance:
+            raise ArtifactError("this artifact was exported " + ("with" if self.guidance else "without")
+                                + " classifier-free guidance; " + ("cfg must be != 1 to use it" if self.guidance
+                                                                   else "run it with --cfg 1"))
+        b, lt, d = text.shape
+        if lt > self.text_len:
+            raise ArtifactError(f"the text has {lt} tokens; this artifact's text bucket holds {self.text_len} "
+                                "(re-export with a larger --text-len)")
+        padded = torch.zeros((b, self.text_len, d), dtype=torch.float32, device=self.torch_device)
+        padded[:, :lt] = text
+        s = self.sessions["condition"]
+        s.bind_input("text", padded)
+        s.bind_input("text_lengths", lengths.to(self.torch_device, torch.int64).contiguous())
+        for name in s.outputs:
+            s.bind_output(name)
+        self.cond = s.run()
+        rows = self.cond["gss"].shape[0]
+        dtype = TORCH_DTYPES[s.outputs["ca_k_0"]["dtype"]]
+        self.kv = KVCache(self.plan, self.depth, rows, self.heads, self.head_dim, dtype, self.torch_device)
+        self.caches, self.kept_sets = {}, {}
+
+    def step(self, st: StepPlan, codes_in: torch.Tensor | None, cfg: float, inv_tau: float,
+             write_kv: bool, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the bits sampled in the graph from ``noise``."""
+        s = self.sessions.get(f"step_{st.index:02d}")
+        if s is None:
+            raise ArtifactError(f"{self.art.root} has no graph for step {st.index}")
+        feeds = {"gss": self.cond["gss"], "head_scale": self.cond["head_scale"],
+                 "head_shift": self.cond["head_shift"], "text_mask": self.cond["text_mask"],
+                 "inv_tau": torch.tensor(inv_tau, dtype=torch.float32, device=self.torch_device),
+                 "noise": noise.to(self.torch_device, torch.float32).contiguous()}
+        if "cfg_scale" in s.inputs:
+            feeds["cfg_scale"] = torch.tensor(cfg, dtype=torch.float32, device=self.torch_device)
+        if st.index == 0:
+            feeds["sos"] = self.cond["sos"]
+        else:
+            feeds["codes"] = codes_in.to(self.torch_device, torch.float32).contiguous()
+        for i in range(self.depth):
+            feeds[f"ca_k_{i}"], feeds[f"ca_v_{i}"] = self.cond[f"ca_k_{i}"], self.cond[f"ca_v_{i}"]
+            if f"past_k_{i}" in s.inputs:
+                feeds[f"past_k_{i}"], feeds[f"past_v_{i}"] = self.kv.past(i)
+        for name in s.inputs:
+            if name.startswith("cache_"):
+                feeds[name] = self.caches[name]
+        for name, t in feeds.items():
+            s.bind_input(name, t)
+        slices = {}
+        for name in s.outputs:
+            if name.startswith("new_"):
+                i = int(name.rsplit("_", 1)[1])
+                n = s.outputs[name]["shape"][0]
+                slices[i] = self.kv.reserve(i, n)
+                s.bind_output(name, slices[i][0] if name.startswith("new_k") else slices[i][1])
+            else:
+                s.bind_output(name)
+        out = s.run()
+        for i in slices:
+            self.kv.commit(i, s.outputs[f"new_k_{i}"]["shape"][0])
+        for name, t in out.items():
+            if name.startswith("cache_"):
+                self.caches[name] = t
+        kept = {n: t.cpu().numpy() for n, t in out.items() if n.startswith("kept_")}
+        if kept:
+            self.kept_sets[st.index] = kept
+        return out["logits"], out["bits"]
+
+    def decode(self, summed: torch.Tensor) -> torch.Tensor:
+        s = self.sessions["decoder"]
+        s.bind_input("codes", summed.to(self.torch_device, torch.float32).contiguous())
+        s.bind_output("image")
+        return s.run()["image"]

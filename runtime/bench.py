@@ -1,0 +1,305 @@
+"""``fastvar-bench``: speed, scaling and memory of schedules and backends, measured side by side in one run.
+
+For each resolution and schedule the artifact is exported (or found up to date), then every backend
+generates the same image ``warmup + runs`` times through the one chain loop. Reported per configuration:
+median and spread of the transformer loop (conditioning, steps, sampling, codes) and end to end (plus the
+VAE decode, which costs the same under every schedule), per-step medians, the runtime's own overhead
+(loop time outside graph calls), the KV-cache bytes and the peak resident memory of that configuration.
+Then the ratios pair by pair, the compute ceiling of each schedule pair (multiply-adds counted from the
+schedule), the achieved FLOP rate against a dense-GEMM peak measured in the same run, and, over a
+resolution sweep, the exponent of cost in pixel count. Ratios are only ever taken within one run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastvar.atomic import atomic_write_bytes, atomic_write_json
+from fastvar.export.artifact import ExportOptions, export
+from fastvar.export.schedules import scale_schedule
+from fastvar.manifest import Artifact
+from fastvar.runtime.chain import generate
+from fastvar.runtime.flops import step_macs
+from fastvar.runtime.generate import artifact_geometry, open_backend
+from fastvar.runtime.io import load_text_embeddings
+
+BACKENDS = ("onnxruntime", "torch")
+
+
+@dataclass
+class BenchOptions:
+    model: str = "infinity-2b"
+    depth: int | None = 2
+    resolutions: tuple[str, ...] = ("1024",)
+    aspect: str = "1:1"
+    schedules: tuple[str, ...] = ("none", "fastvar")
+    backends: tuple[str, ...] = BACKENDS
+    runs: int = 3
+    warmup: int = 1
+    text_len: int = 64
+    threads: int | None = None
+    engines: str = "engines/bench"
+    out: str = "bench"
+
+
+@dataclass
+class Config:
+    resolution: str
+    schedule: str
+    backend: str
+    loop_s: list[float] = field(default_factory=list)
+    e2e_s: list[float] = field(default_factory=list)
+    graph_s: list[float] = field(default_factory=list)
+    steps: dict[int, list[float]] = field(default_factory=dict)
+    kv_bytes: int = 0
+    peak_rss_bytes: int = 0
+    macs: int = 0
+    pixels: int = 0
+
+    def summary(self) -> dict:
+        loop, e2e = statistics.median(self.loop_s), statistics.median(self.e2e_s)
+        overhead = [(lp - g) / lp for lp, g in zip(self.loop_s, self.graph_s, strict=True)]
+        return {
+            "resolution": self.resolution, "schedule": self.schedule, "backend": self.backend,
+            "pixels": self.pixels, "runs": len(self.loop_s),
+            "loop_median_s": loop, "loop_min_s": min(self.loop_s), "loop_max_s": max(self.loop_s),
+            "e2e_median_s": e2e, "e2e_min_s": min(self.e2e_s), "e2e_max_s": max(self.e2e_s),
+            "runtime_overhead_share": statistics.median(overhead),
+            "steps_median_s": {str(k): statistics.median(v) for k, v in sorted(self.steps.items())},
+            "kv_cache_bytes": self.kv_bytes, "peak_rss_bytes": self.peak_rss_bytes,
+            "gmacs": self.macs / 1e9, "achieved_gflops": 2 * self.macs / loop / 1e9,
+        }
+
+
+def _reset_peak_rss() -> bool:
+    """Linux lets a process reset its own high-water mark: each configuration gets its own peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def gemm_peak_gflops(n: int = 1024, k: int = 2048, m: int = 8192, repeats: int = 3) -> float:
+    """Dense fp32 GEMM rate of this machine, measured now (PyTorch's BLAS), best of ``repeats``."""
+    a, b = torch.randn(n, k), torch.randn(k, m)
+    torch.matmul(a, b)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n * k * m / best / 1e9
+
+
+def fit_exponent(pixels: list[int], seconds: list[float]) -> float | None:
+    """Least-squares slope of log(seconds) on log(pixels): cost ~ pixels^alpha."""
+    if len(pixels) < 2:
+        return None
+    return float(np.polyfit(np.log(pixels), np.log(seconds), 1)[0])
+
+
+def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
+    if opts.runs < 1 or opts.warmup < 0:
+        raise ValueError(f"--runs must be >= 1 and --warmup >= 0, got {opts.runs} and {opts.warmup}")
+    unknown = [b for b in opts.backends if b not in BACKENDS]
+    if unknown:
+        raise ValueError(f"unknown backends {unknown}; accepted here: {', '.join(BACKENDS)} (TensorRT: after "
+                         "fastvar-build, on a GPU)")
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    peak = gemm_peak_gflops()
+    log(f"dense fp32 GEMM peak on this machine: {peak:.1f} GFLOP/s")
+    configs: list[Config] = []
+    for res in opts.resolutions:
+        for spec in opts.schedules:
+            art = _artifact(opts, res, spec, log)
+            d = art.data
+            sched, plan, geom = scale_schedule(d["resolution"], d["aspect"]), art.plan(), artifact_geometry(art)
+            text = load_text_embeddings(None, d["batch"], d["model"]["config"]["text_channels"])
+            macs = step_macs(_cfg(art), plan, 2 * d["batch"], d["batch"], d["text_len"])
+            for backend in opts.backends:
+                _reset_peak_rss()
+                be = open_backend(art, backend)
+                c = Config(res, spec, backend, macs=sum(m.macs for m in macs), pixels=d["pixels"][0] * d["pixels"][1])
+                for r in range(opts.warmup + opts.runs):
+                    g0 = be.graph_seconds()
+                    out = generate(be, sched, plan, geom, *text, 0, 4.0, 0.5)
+                    if r < opts.warmup:
+                        continue
+                    t = out.timings
+                    c.loop_s.append(t["loop_s"])
+                    c.e2e_s.append(t["loop_s"] + t["decode_s"])
+                    c.graph_s.append(be.graph_seconds() - g0)
+                    for s in t["steps"]:
+                        c.steps.setdefault(s["index"], []).append(s["seconds"])
+                c.kv_bytes, c.peak_rss_bytes = be.kv.nbytes, _peak_rss()
+                configs.append(c)
+                s = c.summary()
+                log(f"{res} {spec:>8} {backend:>11}: loop {s['loop_median_s']:.3f}s "
+                    f"[{s['loop_min_s']:.3f}, {s['loop_max_s']:.3f}], e2e {s['e2e_median_s']:.3f}s, "
+                    f"{s['achieved_gflops']:.1f} GFLOP/s, overhead {s['runtime_overhead_share']:.1%}")
+                del be
+    report = _report(opts, configs, peak)
+    _write(opts, report, log)
+    return report
+
+
+def _cfg(art: Artifact):
+    from fastvar.export.models.infinity_config import InfinityConfig, VAEConfig
+
+    c = dict(art.data["model"]["config"])
+    vae = c.pop("vae")
+    for k in ("head_dim", "bits", "vocab"):
+        c.pop(k, None)
+    vae_cfg = VAEConfig(**{**vae, "level_channels": tuple(vae["level_channels"]),
+                           "upsample_levels": tuple(vae["upsample_levels"])})
+    return InfinityConfig(**c, vae=vae_cfg)
+
+
+def _artifact(opts: BenchOptions, res: str, spec: str, log: Callable[[str], None]) -> Artifact:
+    safe = spec.replace(":", "_").replace(",", "-")
+    name = f"{opts.model}-d{opts.depth}-{res}-{opts.aspect.replace(':', 'x')}-{safe}"
+    e = ExportOptions(model=opts.model, random_init=True, depth=opts.depth, res=res, aspect=opts.aspect,
+                      schedule=spec, text_len=opts.text_len, backend="onnxruntime",
+                      out=str(Path(opts.engines) / name))
+    export(e, log=lambda m: log(f"  export: {m}"))
+    return Artifact.load(e.out)
+
+
+def _report(opts: BenchOptions, configs: list[Config], peak: float) -> dict:
+    summaries = [c.summary() for c in configs]
+    by = {(s["resolution"], s["schedule"], s["backend"]): s for s in summaries}
+    ratios = []
+    for res in opts.resolutions:
+        for backend in opts.backends:
+            for i, a in enumerate(opts.schedules):
+                for b in opts.schedules[i + 1:]:
+                    sa, sb = by[(res, a, backend)], by[(res, b, backend)]
+                    ceiling = sa["gmacs"] / sb["gmacs"]
+                    loop = sa["loop_median_s"] / sb["loop_median_s"]
+                    ratios.append({"resolution": res, "backend": backend, "pair": f"{a} / {b}",
+                                   "loop_speedup": loop, "e2e_speedup": sa["e2e_median_s"] / sb["e2e_median_s"],
+                                   "compute_ceiling": ceiling, "share_of_ceiling": loop / ceiling,
+                                   "kv_ratio": sa["kv_cache_bytes"] / max(sb["kv_cache_bytes"], 1)})
+        for spec in opts.schedules:
+            for i, a in enumerate(opts.backends):
+                for b in opts.backends[i + 1:]:
+                    sa, sb = by[(res, spec, a)], by[(res, spec, b)]
+                    ratios.append({"resolution": res, "schedule": spec, "pair": f"{b} / {a} (loop time)",
+                                   "loop_speedup": sb["loop_median_s"] / sa["loop_median_s"]})
+    sweep = {}
+    if len(opts.resolutions) > 1:
+        for backend in opts.backends:
+            for spec in opts.schedules:
+                pts = [by[(r, spec, backend)] for r in opts.resolutions]
+                sweep[f"{backend}/{spec}"] = {
+                    "pixels": [p["pixels"] for p in pts], "loop_median_s": [p["loop_median_s"] for p in pts],
+                    "exponent": fit_exponent([p["pixels"] for p in pts], [p["loop_median_s"] for p in pts])}
+    return {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "gemm_peak_gflops": peak},
+        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in opts.__dict__.items()},
+        "configs": summaries, "ratios": ratios, "sweep": sweep,
+        "note": "TensorRT figures are absent: none are reported until they come from a real TensorRT run.",
+    }
+
+
+def table(report: dict) -> str:
+    peak = report["machine"]["gemm_peak_gflops"]
+    lines = [f"{'res':>5} {'schedule':>10} {'backend':>11} {'loop s':>8} {'spread':>15} {'e2e s':>7} "
+             f"{'GFLOP/s':>8} {'eff':>5} {'overhead':>8} {'KV MiB':>7} {'peak MiB':>8}"]
+    for s in report["configs"]:
+        lines.append(f"{s['resolution']:>5} {s['schedule']:>10} {s['backend']:>11} {s['loop_median_s']:8.3f} "
+                     f"[{s['loop_min_s']:6.3f},{s['loop_max_s']:6.3f}] {s['e2e_median_s']:7.3f} "
+                     f"{s['achieved_gflops']:8.1f} {s['achieved_gflops'] / peak:5.0%} "
+                     f"{s['runtime_overhead_share']:8.1%} {s['kv_cache_bytes'] / 2**20:7.1f} "
+                     f"{s['peak_rss_bytes'] / 2**20:8.0f}")
+    lines.append("")
+    for r in report["ratios"]:
+        if "compute_ceiling" in r:
+            lines.append(f"{r['resolution']:>5} {r['backend']:>11} {r['pair']}: loop {r['loop_speedup']:.2f}x "
+                         f"(ceiling {r['compute_ceiling']:.2f}x, {r['share_of_ceiling']:.0%} of it), "
+                         f"e2e {r['e2e_speedup']:.2f}x, KV {r['kv_ratio']:.2f}x")
+        else:
+            lines.append(f"{r['resolution']:>5} {r['schedule']:>11} {r['pair']}: {r['loop_speedup']:.2f}x")
+    for name, s in report["sweep"].items():
+        lines.append(f"sweep {name}: loop time ~ pixels^{s['exponent']:.2f}")
+    lines.append(f"dense GEMM peak {peak:.1f} GFLOP/s; {report['note']}")
+    return "\n".join(lines)
+
+
+def _write(opts: BenchOptions, report: dict, log: Callable[[str], None]) -> None:
+    out = Path(opts.out)
+    atomic_write_json(out / "bench.json", report)
+    text = table(report)
+    atomic_write_bytes(out / "bench.txt", (text + "\n").encode())
+    log(text)
+    plotted = _plot(report, out)
+    log(f"wrote {out / 'bench.json'}, {out / 'bench.txt'}" + (f", {', '.join(map(str, plotted))}" if plotted else
+                                                              " (no plots: pip install matplotlib)"))
+
+
+def _plot(report: dict, out: Path) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    import io
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for s in report["configs"]:
+        steps = s["steps_median_s"]
+        ax.plot([int(k) for k in steps], [v * 1e3 for v in steps.values()], marker="o",
+                label=f"{s['resolution']} {s['schedule']} {s['backend']}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("median ms")
+    ax.set_yscale("log")
+    ax.set_title("per-step latency")
+    ax.legend(fontsize=7)
+    paths.append(_save(fig, out / "per_step.png", io))
+    if report["sweep"]:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, s in report["sweep"].items():
+            ax.loglog(s["pixels"], s["loop_median_s"], marker="o", label=f"{name} (^{s['exponent']:.2f})")
+        ax.set_xlabel("pixels")
+        ax.set_ylabel("transformer loop s")
+        ax.set_title("resolution sweep")
+        ax.legend(fontsize=7)
+        paths.append(_save(fig, out / "sweep.png", io))
+    plt.close("all")
+    return paths
+
+
+def _save(fig, path: Path, io) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,42 @@
+"""fastvar-export's planning and refusal paths, through click (no weights are built for these)."""
+
+from click.testing import CliRunner
+
+from fastvar.cli import export_cmd
+
+
+def _export(args):
+    return CliRunner().invoke(export_cmd, args, catch_exceptions=False)
+
+
+def test_plan_prints_the_memory_table_without_building_anything(tmp_path):
+    r = _export(["--model", "infinity-2b", "--random-init", "--res", "1024", "--precision", "bf16", "--plan",
+                 "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    for item in ("transformer weights", "KV cache", "restore caches", "peak step activations", "VAE decode",
+                 "text encoder", "total"):
+        assert item in r.output, item
+    assert not (tmp_path / "a").exists()
+
+
+def test_gpu_memory_refuses_a_plan_that_does_not_fit_with_the_shortfall(tmp_path):
+    r = _export(["--model", "infinity-2b", "--random-init", "--gpu-memory", "1", "--out", str(tmp_path / "a")])
+    assert r.exit_code == 2
+    assert "needs 18.42 GiB" in r.output and "short by 17.42 GiB" in r.output and "transformer weights" in r.output
+    assert not (tmp_path / "a").exists()
+    ok = _export(["--model", "infinity-2b", "--random-init", "--precision", "bf16", "--plan", "--gpu-memory", "80"])
+    assert ok.exit_code == 0 and "fits in 80 GiB" in ok.output
+
+
+def test_tensorrt_backend_without_tensorrt_fails_at_once(tmp_path):
+    r = _export(["--model", "infinity-tiny", "--random-init", "--backend", "tensorrt", "--out", str(tmp_path / "a")])
+    assert r.exit_code == 2 and "fastvar-build" in r.output and "--backend onnx" in r.output
+
+
+def test_bad_inputs_are_specific(tmp_path):
+    r = _export(["--model", "infinity-tiny", "--random-init", "--schedule", "33:0.5", "--plan"])
+    assert r.exit_code == 2 and "matches no step" in r.output
+    r = _export(["--model", "infinity-tiny", "--random-init", "--text-len", "0", "--plan"])
+    assert r.exit_code == 2 and "--text-len" in r.output
+    r = _export(["--model", "infinity-tiny", "--plan"])
+    assert r.exit_code == 2 and "--random-init" in r.output

@@ -1,0 +1,208 @@
+"""``fastvar-validate DIR``: per-graph parity with Polygraphy, then end-to-end parity, with exit codes.
+
+Exit 0: every graph and the end-to-end check within tolerance. Exit 1: something is not (the message
+names the graph, hence the scale, and the output). Exit 2 (raised as ``ValidationUsageError``): bad usage,
+a missing or altered artifact file or golden.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from fastvar.atomic import atomic_write_json
+from fastvar.manifest import Artifact, ArtifactError, verify_file
+from fastvar.validate.compare import DEFAULT_TOLERANCES, GraphResult, compare_graph
+from fastvar.validate.goldens import GOLDENS, INDEX, load_index, read_npz, write_goldens
+
+
+class ValidationUsageError(ValueError):
+    """Exit code 2: the validation could not be carried out as asked."""
+
+
+def _session_factory(art: Artifact, name: str):
+    import onnx
+    import onnxruntime as ort
+
+    def make():
+        so = ort.SessionOptions()
+        source: str | bytes = str(art.graph_path(name))
+        if art.data["restore_op"] == "custom" and art.graph(name)["kind"] in ("step", "validate"):
+            from fastvar.plugins.restore.ort_op import for_onnxruntime, session_options
+
+            source = for_onnxruntime(onnx.load(source)).SerializeToString()
+            so = session_options(so)
+        return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
+
+    return make
+
+
+def _tolerances(art: Artifact, overrides: dict[str, float]) -> dict[str, float]:
+    table = dict(DEFAULT_TOLERANCES[art.data["precision"]])
+    table.update(overrides)
+    return table
+
+
+def parse_tolerances(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        prefix, _, value = item.partition("=")
+        try:
+            out[prefix.strip()] = float(value)
+        except ValueError:
+            raise ValidationUsageError(f"--tol {item!r}: expected PREFIX=VALUE, e.g. logits=1e-4") from None
+    return out
+
+
+def polygraphy_command(art: Artifact, name: str, tolerances: dict[str, float]) -> str | None:
+    """The `polygraphy run` line that checks one graph against its goldens (standard-op graphs only:
+    Polygraphy's CLI cannot load ONNX Runtime custom ops)."""
+    if art.data["restore_op"] == "custom" and art.graph(name)["kind"] in ("step", "validate"):
+        return None
+    index = art.root / GOLDENS / f"{name}.outputs.json"
+    if not index.is_file():
+        return None
+    outs = [o["name"] for o in art.graph(name)["outputs"] if not o["name"].startswith(("kept_", "bits"))]
+    golden = read_npz(art.root / GOLDENS / f"{name}.outputs.npz")
+    atol = " ".join(f"{o}:{_tol(o, tolerances) * float(np.abs(golden[o]).max(initial=0)):.3g}" for o in outs)
+    rtol = " ".join(f"{o}:{_tol(o, tolerances):.3g}" for o in outs)
+    return (f"polygraphy run {art.graph_path(name)} --onnxrt --data-loader-script "
+            f"{art.root / GOLDENS / 'data_loader.py'}:{name} --load-outputs {index} "
+            f"--onnx-outputs {' '.join(outs)} --atol {atol} --rtol {rtol}")
+
+
+def example_graphs(art: Artifact) -> list[str]:
+    """The graphs whose `polygraphy run` line is printed: the first step, and the first pruned step's
+    validation variant (or the last step)."""
+    names = list(art.data["graphs"])
+    validate_graphs = [n for n in names if n.endswith("_validate")]
+    steps = [n for n in names if art.data["graphs"][n]["kind"] == "step"]
+    return [steps[0], validate_graphs[0] if validate_graphs else steps[-1]]
+
+
+def _tol(name: str, tolerances: dict[str, float]) -> float:
+    from fastvar.validate.compare import tolerance_for
+
+    return tolerance_for(name, tolerances)
+
+
+def validate(root: str, report: str | None = None, tol: list[str] | None = None, regenerate: bool = False,
+             e2e: bool = True, log: Callable[[str], None] = print) -> tuple[int, dict]:
+    """Run every check; returns (exit code 0 or 1, report). Usage problems raise ValidationUsageError."""
+    try:
+        import polygraphy  # noqa: F401
+    except ImportError:
+        raise ValidationUsageError("fastvar-validate needs Polygraphy: pip install polygraphy") from None
+    try:
+        art = Artifact.load(root)
+        art.verify()
+    except ArtifactError as err:
+        raise ValidationUsageError(str(err)) from None
+    if art.data["precision"] != "fp32":
+        raise ValidationUsageError(f"{root} is {art.data['precision']}: the ONNX Runtime runner here runs fp32 "
+                                   "graphs; bf16 graphs are validated with TensorRT (fastvar-build) on a GPU")
+    tolerances = _tolerances(art, parse_tolerances(tol or []))
+    if regenerate or not (art.root / GOLDENS / INDEX).is_file():
+        write_goldens(art, log=log)
+    index = load_index(art)
+    problems = []
+    for name, g in art.data["graphs"].items():
+        rec = index["graphs"].get(name)
+        if rec is None:
+            problems.append(f"no goldens for graph {name} (regenerate with --regenerate-goldens)")
+            continue
+        if rec["key"] != g["key"]:
+            problems.append(f"the goldens of {name} were recorded for another export of it "
+                            "(regenerate with --regenerate-goldens)")
+        problems += [why for f in rec["files"].values() if (why := verify_file(art.root, f))]
+    if problems:
+        raise ValidationUsageError("; ".join(problems))
+    weights = {k: v.numpy() for k, v in _store(art).items()}
+    results: list[GraphResult] = []
+    for name, g in art.data["graphs"].items():
+        feeds = read_npz(art.root / GOLDENS / f"{name}.inputs.npz")
+        feeds.update({w: weights[w] for w in g["weights"]})
+        golden = read_npz(art.root / GOLDENS / f"{name}.outputs.npz")
+        res = compare_graph(name, g.get("step"), _session_factory(art, name), feeds, golden, tolerances)
+        if g["kind"] == "step" and res.kept_overlap is not None and res.kept_overlap < 1.0:
+            # a flipped selection changes those tokens' outputs: the compute is judged on the validation
+            # variant (identical selections); this graph is judged on its kept-set overlap
+            for o in res.outputs:
+                if not o.passed and math.isfinite(o.max_rel):
+                    o.note = (o.note + "; " if o.note else "") + f"informational: judged on {name}_validate"
+                    o.passed = True
+        results.append(res)
+    e2e_report = _end_to_end(art, log) if e2e else None
+    failures = [f for r in results for f in r.failures()] + (e2e_report or {}).get("failures", [])
+    _print_table(results, log)
+    out = {"artifact": str(art.root), "precision": art.data["precision"], "tolerances": tolerances,
+           "graphs": [r.to_dict() for r in results], "end_to_end": e2e_report, "failures": failures,
+           "passed": not failures}
+    if report:
+        atomic_write_json(report, out)
+    for name in example_graphs(art):
+        cmd = polygraphy_command(art, name, tolerances)
+        if cmd:
+            log(f"check {name} with Polygraphy's CLI:\n  {cmd}")
+    if failures:
+        log("FAILED:\n  " + "\n  ".join(failures))
+        return 1, out
+    log(f"passed: {len(results)} graphs within tolerance" + (", end to end within tolerance" if e2e else ""))
+    return 0, out
+
+
+def _store(art: Artifact):
+    from fastvar.export.weight_store import read_store
+
+    return read_store(art.weight_path())
+
+
+def _end_to_end(art: Artifact, log: Callable[[str], None]) -> dict:
+    """Teacher-forced logits per scale (gating), free-running token agreement and PSNR (reported)."""
+    from fastvar.export.schedules import scale_schedule
+    from fastvar.runtime.chain import generate
+    from fastvar.runtime.generate import artifact_geometry, open_backend
+    from fastvar.runtime.io import load_text_embeddings
+    from fastvar.runtime.parity import kept_flips, logit_errors, psnr, token_agreement
+
+    d = art.data
+    sched, plan, geom = scale_schedule(d["resolution"], d["aspect"]), art.plan(), artifact_geometry(art)
+    text = load_text_embeddings(None, d["batch"], d["model"]["config"]["text_channels"])
+    cfg = 4.0 if d["guidance"] else 1.0
+    ref_be, ort_be = open_backend(art, "torch"), open_backend(art, "onnxruntime")
+    ref = generate(ref_be, sched, plan, geom, *text, 0, cfg, 0.5, keep_logits=True)
+    free = generate(ort_be, sched, plan, geom, *text, 0, cfg, 0.5, keep_logits=True)
+    forced = generate(ort_be, sched, plan, geom, *text, 0, cfg, 0.5, force_tokens=ref.tokens, keep_logits=True)
+    tokens = {s["index"]: s["tokens"] for s in d["scales"]}
+    flipped, overlap = kept_flips(ref_be.kept_sets, ort_be.kept_sets, tokens)
+    errors = logit_errors(ref.logits, forced.logits, flipped)
+    tol = DEFAULT_TOLERANCES[d["precision"]]["logits"]
+    failures = [f"end to end: teacher-forced logits of {k} differ by {e:.2e} of the logit scale > {tol:.0e}"
+                for k, e in errors.items() if e > tol]
+    failures += [f"end to end: kept-set overlap at step {s} is {v:.4f} < 0.99" for s, v in overlap.items() if v < 0.99]
+    agree, psnr_db = token_agreement(ref.tokens, free.tokens), psnr(ref.images, free.images)
+    log(f"end to end (onnxruntime vs torch): teacher-forced worst logit error {max(errors.values()):.2e} of the "
+        f"logit scale (tolerance {tol:.0e}); free-running token agreement {agree:.4f}, image PSNR {psnr_db:.1f} dB")
+    return {"teacher_forced_logit_error": errors, "kept_overlap": overlap, "token_agreement": agree,
+            "psnr_db": psnr_db if np.isfinite(psnr_db) else None, "tolerance": tol, "failures": failures}
+
+
+def _print_table(results: list[GraphResult], log: Callable[[str], None]) -> None:
+    log(f"{'graph':<18} {'output':<14} {'max abs':>9} {'mean abs':>9} {'max rel':>9} {'cosine':>9} {'tol':>7}  ok")
+    for r in results:
+        if r.error:
+            log(f"{r.name:<18} {'-':<14} {r.error}")
+        for o in r.outputs:
+            if o.name.startswith(("new_", "ca_", "past_", "cache_")) and o.passed and not o.note:
+                continue  # one line per block would drown the table; the report has them all
+            log(f"{r.name:<18} {o.name:<14} {o.max_abs:9.2e} {o.mean_abs:9.2e} {o.max_rel:9.2e} {o.cosine:9.6f} "
+                f"{o.tolerance:7.0e}  {'yes' if o.passed else 'NO'}" + (f"  {o.note}" if o.note else ""))
+        blocks = [o for o in r.outputs if o.name.startswith(("new_", "ca_", "cache_"))]
+        if blocks:
+            worst = max(blocks, key=lambda o: o.max_rel)
+            log(f"{r.name:<18} {'per-block':<14} worst {worst.name} {worst.max_rel:.2e} of its scale, "
+                f"{sum(o.passed for o in blocks)}/{len(blocks)} within tolerance")
+        if r.kept_overlap is not None:
+            log(f"{r.name:<18} {'kept sets':<14} overlap {r.kept_overlap:.4f} (>= 0.99 required)")
