@@ -26,7 +26,7 @@ from fastvar.atomic import atomic_write_bytes, atomic_write_json
 from fastvar.export.graphs import ConditionGraph, DecoderGraph, GraphDef, Shapes, StepGraph, weight_tensors
 from fastvar.export.memory_plan import MemoryPlan, memory_plan
 from fastvar.export.models.bsq_vae import BSQVAEDecoder
-from fastvar.export.models.factory import build_pair
+from fastvar.export.models.factory import ModelOptions, build_pair
 from fastvar.export.models.infinity import Infinity
 from fastvar.export.models.infinity_config import InfinityConfig, preset
 from fastvar.export.schedules import PrunePlan, ScaleSchedule, prune_plan, scale_schedule
@@ -38,18 +38,7 @@ TRT_TOPK_MAX = 3840
 
 
 @dataclass
-class ExportOptions:
-    model: str = "infinity-tiny"
-    ckpt: str | None = None
-    vae: str | None = None
-    random_init: bool = False
-    depth: int | None = None
-    weights_seed: int = 0
-    res: str = "1024"
-    aspect: str = "1:1"
-    schedule: str = "fastvar"
-    precision: str = "fp32"
-    batch: int = 1
+class ExportOptions(ModelOptions):
     text_len: int = 64
     guidance: bool = True
     backend: str = "onnxruntime"

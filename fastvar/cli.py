@@ -23,30 +23,49 @@ def _fail(message: str) -> None:
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+def model_options(default_model: str):
+    """The options that say which model, weights, resolution, schedule, precision and batch: shared by
+    the direct reference run and the export, so they read and behave the same in both."""
+    options = [
+        click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default=default_model,
+                     show_default=True, help="Model family and size (infinity = infinity-2b). *-tiny is a small "
+                     "random-weight preset for CPU work."),
+        click.option("--ckpt", type=click.Path(), help="Transformer checkpoint in upstream layout (.pth, "
+                     ".safetensors, or a folder / index.json of shards). Dimensions are read from its tensor shapes."),
+        click.option("--vae", "vae_path", type=click.Path(), help="VAE checkpoint in upstream layout "
+                     "({'vae': state_dict} or a bare decoder state dict)."),
+        click.option("--random-init", is_flag=True, help="Seeded random weights instead of checkpoints."),
+        click.option("--depth", type=int, help="With --random-init: override the preset's depth (real width, "
+                     "fewer blocks)."),
+        click.option("--weights-seed", type=SEED, default=0, show_default=True, help="Seed of --random-init weights."),
+        click.option("--res", default="1024", show_default=True, help="Resolution tier: 256, 512, 768, 1024 "
+                     "(0.06M/0.25M/0.60M/1M) or 2048 (zero-shot 2K)."),
+        click.option("--aspect", default="1:1", show_default=True, help="Height:width; the nearest upstream aspect "
+                     "template is used and reported."),
+        click.option("--schedule", default="fastvar", show_default=True, help="fastvar (the paper's schedule), "
+                     "none, or SIDE:FRACTION,... e.g. 32:0.4,40:0.5,48:1,64:1 (1 skips the step)."),
+        click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+                     help="fp32, or bf16 as upstream runs it (bf16 block matmuls; fp32 residual, norms, RoPE, "
+                     "head); in the graphs, precision is expressed by their types."),
+        click.option("--batch", type=int, default=1, show_default=True, help="Images per call (CFG doubles the "
+                     "rows inside)."),
+    ]
+
+    def apply(fn):
+        for opt in reversed(options):
+            fn = opt(fn)
+        return fn
+
+    return apply
+
+
 @click.command(context_settings=CONTEXT)
 @click.argument("artifact", required=False, type=click.Path(file_okay=False))
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch"]), default="auto",
               show_default=True, help="With ARTIFACT: which runtime runs it (torch = the PyTorch reference).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="With ARTIFACT and onnxruntime: CPU, or the CUDA provider (onnxruntime-gpu).")
-@click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default="infinity-tiny", show_default=True,
-              help="Model family and size. *-tiny is a small random-weight preset for CPU work.")
-@click.option("--ckpt", type=click.Path(), help="Transformer checkpoint in upstream layout (.pth, .safetensors, "
-              "or a folder / index.json of shards). Dimensions are read from its tensor shapes.")
-@click.option("--vae", "vae_path", type=click.Path(), help="VAE checkpoint in upstream layout ({'vae': state_dict}).")
-@click.option("--random-init", is_flag=True, help="Seeded random weights instead of checkpoints.")
-@click.option("--depth", type=int, help="With --random-init: override the preset's depth (real width, fewer blocks).")
-@click.option("--weights-seed", type=SEED, default=0, show_default=True, help="Seed of --random-init weights.")
-@click.option("--res", default="1024", show_default=True,
-              help="Resolution tier: 256, 512, 768, 1024 (0.06M/0.25M/0.60M/1M) or 2048 (zero-shot 2K).")
-@click.option("--aspect", default="1:1", show_default=True,
-              help="Height:width; the nearest upstream aspect template is used and reported.")
-@click.option("--schedule", default="fastvar", show_default=True,
-              help="fastvar (the paper's schedule), none, or SIDE:FRACTION,... e.g. 32:0.4,40:0.5,48:1,64:1 "
-              "(1 skips the step).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="fp32, or bf16 as upstream runs it (bf16 block matmuls; fp32 residual, norms, RoPE, head).")
-@click.option("--batch", type=int, default=1, show_default=True, help="Images per call (CFG doubles it inside).")
+@model_options("infinity-tiny")
 @click.option("--text-embeddings", type=click.Path(), help="Text encoder states .npy (L, D) or (B, L, D). "
               "Without it a fixed seeded embedding stands in.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the sampling noise.")
@@ -107,22 +126,7 @@ def run_cmd(ctx, artifact, backend, device, model_name, ckpt, vae_path, random_i
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default="infinity", show_default=True,
-              help="Model family and size (infinity = infinity-2b). *-tiny is a small random-weight preset.")
-@click.option("--ckpt", type=click.Path(), help="Transformer checkpoint in upstream layout (.pth, .safetensors, "
-              "or a folder / index.json of shards). Dimensions are read from its tensor shapes.")
-@click.option("--vae", "vae_path", type=click.Path(), help="VAE checkpoint in upstream layout.")
-@click.option("--random-init", is_flag=True, help="Seeded random weights instead of checkpoints.")
-@click.option("--depth", type=int, help="With --random-init: override the preset's depth (real width, fewer blocks).")
-@click.option("--weights-seed", type=SEED, default=0, show_default=True, help="Seed of --random-init weights.")
-@click.option("--res", default="1024", show_default=True, help="Resolution tier: 256, 512, 768, 1024 or 2048 "
-              "(zero-shot 2K).")
-@click.option("--aspect", default="1:1", show_default=True, help="Height:width; the nearest upstream template is used.")
-@click.option("--schedule", default="fastvar", show_default=True,
-              help="fastvar, none, or SIDE:FRACTION,... e.g. 32:0.4,40:0.5,48:1,64:1 (1 skips the step).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="Expressed in the graphs: fp32, or bf16 (bf16 block matmuls; fp32 residual, norms, RoPE, head).")
-@click.option("--batch", type=int, default=1, show_default=True, help="Images per call (CFG doubles the rows).")
+@model_options("infinity")
 @click.option("--text-len", type=int, default=64, show_default=True,
               help="Text bucket: prompts up to this many tokens (padded and masked).")
 @click.option("--guidance/--no-guidance", default=True, show_default=True,

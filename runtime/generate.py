@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fastvar.export.models.factory import build_pair
+from fastvar.export.models.factory import ModelOptions, build_pair
 from fastvar.export.schedules import prune_plan, scale_schedule
 from fastvar.runtime.backends.torch_ref import TorchBackend
 from fastvar.runtime.chain import Geometry, generate
@@ -14,22 +14,21 @@ from fastvar.runtime.io import load_text_embeddings, read_npz, write_images, wri
 
 
 @dataclass
-class RunOptions:
-    model: str = "infinity-tiny"
-    ckpt: str | None = None
-    vae: str | None = None
-    random_init: bool = False
-    depth: int | None = None
-    weights_seed: int = 0
-    res: str = "1024"
-    aspect: str = "1:1"
-    schedule: str = "fastvar"
-    precision: str = "fp32"
-    batch: int = 1
+class RunOptions(ModelOptions):
     text_embeddings: str | None = None
     seed: int = 0
     cfg: float = 4.0
     tau: float = 0.5
+
+
+def _write_outputs(res, out: str, save_tokens: str | None, save_logits: str | None) -> list:
+    """The image(s), and the token and logit archives when asked: every run writes them the same way."""
+    paths = write_images(res.images, out)
+    if save_tokens:
+        write_npz(save_tokens, res.tokens)
+    if save_logits:
+        write_npz(save_logits, res.logits)
+    return paths
 
 
 def run_reference(opts: RunOptions, out: str, save_tokens: str | None = None, save_logits: str | None = None,
@@ -54,11 +53,7 @@ def run_reference(opts: RunOptions, out: str, save_tokens: str | None = None, sa
     geom = Geometry(bits=cfg.bits, codebook_dim=cfg.vae.codebook_dim, patchify=cfg.spatial_patchify)
     res = generate(backend, sched, plan, geom, text, lengths, opts.seed, opts.cfg, opts.tau,
                    force_tokens=forced, keep_logits=save_logits is not None)
-    paths = write_images(res.images, out)
-    if save_tokens:
-        write_npz(save_tokens, res.tokens)
-    if save_logits:
-        write_npz(save_logits, res.logits)
+    paths = _write_outputs(res, out, save_tokens, save_logits)
     report = {"load_s": load_s, **res.timings, "images": [str(p) for p in paths]}
     if timings:
         write_json(timings, report)
@@ -164,11 +159,7 @@ def run_artifact(root: str, out: str, backend: str = "auto", text_embeddings: st
     load_s = time.perf_counter() - t0
     res = generate(be, sched, art.plan(), artifact_geometry(art), text, lengths, seed, cfg, tau,
                    force_tokens=forced, keep_logits=save_logits is not None)
-    paths = write_images(res.images, out)
-    if save_tokens:
-        write_npz(save_tokens, res.tokens)
-    if save_logits:
-        write_npz(save_logits, res.logits)
+    paths = _write_outputs(res, out, save_tokens, save_logits)
     report = {"backend": be.name, "load_s": load_s, **res.timings, "images": [str(p) for p in paths],
               "memory": memory_report(be, d)}
     if timings:

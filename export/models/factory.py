@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from fastvar.export.models.bsq_vae import BSQVAEDecoder
 from fastvar.export.models.checkpoint import build_random_infinity, build_random_vae, load_infinity, load_vae
 from fastvar.export.models.infinity import Infinity
 from fastvar.export.models.infinity_config import preset
+
+
+@dataclass
+class ModelOptions:
+    """What every stage needs to know to build a model and its schedule (export and direct runs)."""
+
+    model: str = "infinity-tiny"
+    ckpt: str | None = None
+    vae: str | None = None
+    random_init: bool = False
+    depth: int | None = None
+    weights_seed: int = 0
+    res: str = "1024"
+    aspect: str = "1:1"
+    schedule: str = "fastvar"
+    precision: str = "fp32"
+    batch: int = 1
 
 
 def build_pair(model: str, ckpt: str | None = None, vae: str | None = None, random_init: bool = False,
