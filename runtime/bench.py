@@ -12,6 +12,7 @@ resolution sweep, the exponent of cost in pixel count. Ratios are only ever take
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import platform
@@ -163,8 +164,11 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
                     f"[{s['loop_min_s']:.3f}, {s['loop_max_s']:.3f}], e2e {s['e2e_median_s']:.3f}s, "
                     f"{s['achieved_gflops']:.1f} GFLOP/s, overhead {s['runtime_overhead_share']:.1%}")
                 del be
+                gc.collect()  # sessions and their arenas go now, not when the next configuration needs the memory
+                atomic_write_json(Path(opts.out) / "partial.json", [x.summary() for x in configs])
     report = _report(opts, configs, peak)
     _write(opts, report, log)
+    (Path(opts.out) / "partial.json").unlink(missing_ok=True)
     return report
 
 

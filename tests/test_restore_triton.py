@@ -28,7 +28,7 @@ _SCRIPT = textwrap.dedent("""
     import json, sys
     import torch
     from fastvar.plugins.restore.reference import restore_reference
-    from fastvar.plugins.restore.triton_kernel import restore_triton
+    from fastvar.plugins.restore.triton_kernel import restore_triton, restore_triton_fused
     out = []
     for i, (cache_hw, out_hw, batch, k, dtype) in enumerate(json.loads(sys.argv[1])):
         g = torch.Generator().manual_seed(i)
@@ -38,10 +38,13 @@ _SCRIPT = textwrap.dedent("""
         cache = torch.randn(batch, lc, c, generator=g).to(dt)
         kept = torch.randn(batch, k, c, generator=g).to(dt)
         idx = torch.stack([torch.randperm(lo, generator=g)[:k] for _ in range(batch)])
-        got = restore_triton(kept, idx, cache, tuple(cache_hw), tuple(out_hw))
         want = restore_reference(kept, idx, cache, tuple(cache_hw), tuple(out_hw))
-        out.append({"equal": got.dtype == want.dtype and torch.equal(got, want),
-                    "max_diff": (got.float() - want.float()).abs().max().item()})
+        res = {}
+        for name, fn in (("two-pass", restore_triton), ("fused", restore_triton_fused)):
+            got = fn(kept, idx, cache, tuple(cache_hw), tuple(out_hw))
+            res[name] = {"equal": got.dtype == want.dtype and torch.equal(got, want),
+                         "max_diff": (got.float() - want.float()).abs().max().item()}
+        out.append(res)
     print(json.dumps(out))
 """)
 
@@ -53,7 +56,7 @@ def test_kernel_is_bit_exact_with_the_reference_under_the_interpreter():
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
     for case, r in zip(CASES, results, strict=True):
-        assert r["equal"], (case, r)
+        assert r["two-pass"]["equal"] and r["fused"]["equal"], (case, r)
 
 
 @pytest.mark.parametrize("arch", [80, 89, 90])
@@ -61,7 +64,9 @@ def test_ahead_of_time_ptx_for_each_target(arch):
     from fastvar.plugins.restore.triton_kernel import compile_ptx
 
     ptx = compile_ptx((24, 24), (40, 40), "bfloat16", arch=arch)
+    assert set(ptx) == {"area", "scatter", "fused"}
     for name, text in ptx.items():
         assert f".target sm_{arch}" in text, name
         assert ".entry" in text and f"{name}_kernel" in text
-    assert "div.rn.f32" in ptx["area"]  # IEEE division, not the approximate one `/` gives
+    for name in ("area", "fused"):
+        assert "div.rn.f32" in ptx[name]  # IEEE division, not the approximate one `/` gives

@@ -6,8 +6,10 @@ order (window rows outer, columns inner) in float32, divides once by the window 
 and rounds once to the cache's dtype; the scatter copies kept rows unchanged. Two launches on one stream
 (area for every position, then the kept rows), so no position is ever written by two programs at once.
 
-Runs on a CUDA device, or on the CPU under ``TRITON_INTERPRET=1`` (how CI proves it). ``compile_ptx``
-produces the PTX for a GPU target without a GPU (Triton's ahead-of-time path).
+``fused_kernel`` does both in one launch (each program finds which of its positions are kept), the form
+an ahead-of-time TensorRT plugin needs, since it embeds exactly one kernel. Runs on a CUDA device, or on
+the CPU under ``TRITON_INTERPRET=1`` (how CI proves it). ``compile_ptx`` produces the PTX for a GPU
+target without a GPU (Triton's ahead-of-time path).
 """
 
 from __future__ import annotations
@@ -76,6 +78,77 @@ def scatter_kernel(kept_ptr, idx_ptr, out_ptr, K, C, L, BLOCK: tl.constexpr):
     tl.store(out_ptr + (b.to(tl.int64) * L + p) * C + cols, v.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def fused_kernel(kept_ptr, idx_ptr, cache_ptr, out_ptr, K, C, hc, wc, h, w, BLOCK_P: tl.constexpr,
+                 BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                 K_TILES: tl.constexpr):
+    """One launch, one write per output element (what an ahead-of-time TensorRT plugin needs: a single
+    kernel). Program (b * position-blocks + pb, c-block): find which positions of the block are kept by
+    comparing them with every kept index (K <= 3840 compares per position, cheap next to the memory
+    traffic), then write the kept row or the area value. Same sums, order and rounding as area_kernel."""
+    row = tl.program_id(0)
+    cb = tl.program_id(1)
+    n_pb = tl.cdiv(h * w, BLOCK_P)
+    b = row // n_pb
+    pos = (row % n_pb) * BLOCK_P + tl.arange(0, BLOCK_P)
+    valid = pos < h * w
+    slot = tl.zeros((BLOCK_P,), dtype=tl.int32) - 1
+    for t in range(K_TILES):  # K is static per graph, so the trip count is compiled in
+        ks = t * BLOCK_K + tl.arange(0, BLOCK_K)
+        idx = tl.load(idx_ptr + b.to(tl.int64) * K + ks, mask=ks < K, other=-1).to(tl.int32)
+        hit = pos[:, None] == idx[None, :]
+        slot = tl.maximum(slot, tl.max(tl.where(hit, ks[None, :], -1), axis=1))
+    oh = pos // w
+    ow = pos % w
+    sh = (oh * hc) // h
+    eh = ((oh + 1) * hc + h - 1) // h
+    sw = (ow * wc) // w
+    ew = ((ow + 1) * wc + w - 1) // w
+    cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    base = cache_ptr + b.to(tl.int64) * hc * wc * C
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for dh in tl.static_range(KH):
+        for dw in tl.static_range(KW):
+            ih = sh + dh
+            iw = sw + dw
+            inside = valid & (ih < eh) & (iw < ew)
+            ptrs = base + ((ih * wc + iw).to(tl.int64) * C)[:, None] + cols[None, :]
+            acc += tl.load(ptrs, mask=inside[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+    count = ((eh - sh) * (ew - sw)).to(tl.float32)
+    area = tl.math.div_rn(acc, count[:, None] + tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32))
+    if out_ptr.dtype.element_ty == tl.bfloat16:
+        area = _round_bf16(area)
+    is_kept = slot >= 0
+    kept_ptrs = kept_ptr + (b.to(tl.int64) * K + tl.maximum(slot, 0).to(tl.int64))[:, None] * C + cols[None, :]
+    kept_val = tl.load(kept_ptrs, mask=(is_kept & valid)[:, None] & cmask[None, :], other=0.0)
+    val = tl.where(is_kept[:, None], kept_val.to(out_ptr.dtype.element_ty), area.to(out_ptr.dtype.element_ty))
+    out_ptrs = out_ptr + (b.to(tl.int64) * h * w + pos)[:, None] * C + cols[None, :]
+    tl.store(out_ptrs, val, mask=valid[:, None] & cmask[None, :])
+
+
+FUSED_BLOCKS = {"BLOCK_P": 16, "BLOCK_K": 64, "BLOCK_C": 64}
+
+
+def restore_triton_fused(kept: torch.Tensor, kept_idx: torch.Tensor, cache: torch.Tensor,
+                         cache_hw: tuple[int, int], out_hw: tuple[int, int],
+                         out: torch.Tensor | None = None) -> torch.Tensor:
+    """The single-launch form (the plugin's AOT kernel); same result as ``restore_triton``."""
+    b, lc, c = cache.shape
+    (hc, wc), (h, w) = cache_hw, out_hw
+    if lc != hc * wc or kept.shape[:2] != kept_idx.shape or kept.shape[2] != c:
+        raise ValueError(f"shapes disagree: kept {tuple(kept.shape)}, kept_idx {tuple(kept_idx.shape)}, "
+                         f"cache {tuple(cache.shape)} for grid {cache_hw}")
+    if out is None:
+        out = torch.empty((b, h * w, c), dtype=cache.dtype, device=cache.device)
+    k = kept.shape[1]
+    grid = (b * triton.cdiv(h * w, FUSED_BLOCKS["BLOCK_P"]), triton.cdiv(c, FUSED_BLOCKS["BLOCK_C"]))
+    fused_kernel[grid](kept.to(cache.dtype).contiguous(), kept_idx.contiguous(), cache.contiguous(), out, k, c,
+                       hc, wc, h, w, KH=max_window(hc, h), KW=max_window(wc, w),
+                       K_TILES=triton.cdiv(k, FUSED_BLOCKS["BLOCK_K"]), **FUSED_BLOCKS)
+    return out
+
+
 def max_window(n_in: int, n_out: int) -> int:
     """The largest area window along one axis: ceil((i+1)*n_in/n_out) - floor(i*n_in/n_out) over i."""
     return max(-((-(i + 1) * n_in) // n_out) - (i * n_in) // n_out for i in range(n_out))
@@ -105,7 +178,7 @@ SIGNATURES = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
 
 
 def compile_ptx(cache_hw: tuple[int, int], out_hw: tuple[int, int], dtype: str = "float32", arch: int = 90,
-                index_dtype: str = "int64") -> dict[str, str]:
+                index_dtype: str = "int64", kept: int = 1024) -> dict[str, str]:
     """PTX of both kernels for ``sm_{arch}`` and one grid pair (the window bounds are compiled in), made
     without a GPU: Triton's compiler targets any architecture."""
     from triton.backends.compiler import GPUTarget
@@ -121,5 +194,10 @@ def compile_ptx(cache_hw: tuple[int, int], out_hw: tuple[int, int], dtype: str =
     scatter = ASTSource(fn=scatter_kernel, constexprs={"BLOCK": BLOCK_C},
                         signature={"kept_ptr": ptr, "idx_ptr": idx, "out_ptr": ptr, "K": "i32", "C": "i32",
                                    "L": "i32", "BLOCK": "constexpr"})
-    return {name: triton.compile(src, target=target).asm["ptx"] for name, src in (("area", area),
-                                                                                    ("scatter", scatter))}
+    tiles = triton.cdiv(kept, FUSED_BLOCKS["BLOCK_K"])
+    fused = ASTSource(fn=fused_kernel, constexprs={**FUSED_BLOCKS, "KH": kh, "KW": kw, "K_TILES": tiles},
+                      signature={"kept_ptr": ptr, "idx_ptr": idx, "cache_ptr": ptr, "out_ptr": ptr, "K": "i32",
+                                 "C": "i32", "hc": "i32", "wc": "i32", "h": "i32", "w": "i32",
+                                 **dict.fromkeys([*FUSED_BLOCKS, "KH", "KW", "K_TILES"], "constexpr")})
+    return {name: triton.compile(src, target=target).asm["ptx"]
+            for name, src in (("area", area), ("scatter", scatter), ("fused", fused))}
