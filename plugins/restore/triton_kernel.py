@@ -32,6 +32,15 @@ def _round_bf16(x):
 
 
 @triton.jit
+def _windows(p, hc, wc, h, w):
+    """Area window of output position(s) p on the (h, w) grid over the (hc, wc) cache: rows [sh, eh),
+    columns [sw, ew), with PyTorch's floor/ceil bounds."""
+    oh = p // w
+    ow = p % w
+    return (oh * hc) // h, ((oh + 1) * hc + h - 1) // h, (ow * wc) // w, ((ow + 1) * wc + w - 1) // w
+
+
+@triton.jit
 def area_kernel(cache_ptr, out_ptr, C, hc, wc, h, w, BLOCK: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr):
     """Program (b * h * w + p, c-block): out[b, p, c] = mean of cache over p's area window.
 
@@ -41,12 +50,7 @@ def area_kernel(cache_ptr, out_ptr, C, hc, wc, h, w, BLOCK: tl.constexpr, KH: tl
     cb = tl.program_id(1)
     b = row // (h * w)
     p = row % (h * w)
-    oh = p // w
-    ow = p % w
-    sh = (oh * hc) // h
-    eh = ((oh + 1) * hc + h - 1) // h
-    sw = (ow * wc) // w
-    ew = ((ow + 1) * wc + w - 1) // w
+    sh, eh, sw, ew = _windows(p, hc, wc, h, w)
     cols = cb * BLOCK + tl.arange(0, BLOCK)
     mask = cols < C
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -98,12 +102,7 @@ def fused_kernel(kept_ptr, idx_ptr, cache_ptr, out_ptr, K, C, hc, wc, h, w, BLOC
         idx = tl.load(idx_ptr + b.to(tl.int64) * K + ks, mask=ks < K, other=-1).to(tl.int32)
         hit = pos[:, None] == idx[None, :]
         slot = tl.maximum(slot, tl.max(tl.where(hit, ks[None, :], -1), axis=1))
-    oh = pos // w
-    ow = pos % w
-    sh = (oh * hc) // h
-    eh = ((oh + 1) * hc + h - 1) // h
-    sw = (ow * wc) // w
-    ew = ((ow + 1) * wc + w - 1) // w
+    sh, eh, sw, ew = _windows(pos, hc, wc, h, w)
     cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
     base = cache_ptr + b.to(tl.int64) * hc * wc * C
