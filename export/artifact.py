@@ -33,7 +33,7 @@ from fastvar.export.schedules import PrunePlan, ScaleSchedule, prune_plan, scale
 from fastvar.manifest import FORMAT_VERSION, MANIFEST, file_record, verify_file
 
 BACKENDS = ("tensorrt", "onnxruntime", "onnx")
-RESTORE_OPS = ("auto", "custom", "standard")
+RESTORE_OPS = ("auto", "custom", "custom-add", "standard")
 TRT_TOPK_MAX = 3840
 
 
@@ -121,16 +121,27 @@ def schedule_record(sched: ScaleSchedule, plan: PrunePlan) -> list[dict]:
              "graph": None if st.skipped else f"graphs/step_{st.index:02d}.onnx"} for st in plan.steps]
 
 
-def _graphs(model: Infinity, vae_cfg, sched: ScaleSchedule, plan: PrunePlan, shapes: Shapes, restore_fn,
+def _graphs(model: Infinity, vae_cfg, sched: ScaleSchedule, plan: PrunePlan, shapes: Shapes, restore_fns: dict,
             vae: BSQVAEDecoder | None, budget: int | None) -> list:
     out: list = [ConditionGraph(model, shapes)]
-    out += [StepGraph(model, sched, plan, st, shapes, restore_fn, attn_budget=budget) for st in plan.executed]
-    out += [StepGraph(model, sched, plan, st, shapes, restore_fn, given_indices=True, attn_budget=budget)
+    out += [StepGraph(model, sched, plan, st, shapes, attn_budget=budget, **restore_fns) for st in plan.executed]
+    out += [StepGraph(model, sched, plan, st, shapes, given_indices=True, attn_budget=budget, **restore_fns)
             for st in plan.executed if st.pruned]
     last = sched.scales[-1]
     hw = (2 * last.h, 2 * last.w) if model.cfg.spatial_patchify else (last.h, last.w)
     out.append(DecoderGraph(vae if vae is not None else _meta_vae(vae_cfg), hw, shapes.batch))
     return out
+
+
+def restore_spelling(restore_op: str) -> dict:
+    """StepGraph's restore functions for a ``--restore-op``: the plugin node(s), or standard ops."""
+    from fastvar.plugins.restore.torch_op import restore_add_custom, restore_custom, restore_standard
+
+    if restore_op == "standard":
+        return {"restore_fn": restore_standard}
+    if restore_op == "custom-add":
+        return {"restore_fn": restore_custom, "restore_add_fn": restore_add_custom}
+    return {"restore_fn": restore_custom}
 
 
 def _meta_vae(cfg) -> BSQVAEDecoder:
@@ -198,15 +209,14 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     restore_op = opts.resolved_restore_op()
     from fastvar.plugins.restore.onnx_op import register_schema, translation_table
-    from fastvar.plugins.restore.torch_op import restore_custom, restore_standard
 
     register_schema()
-    restore_fn = restore_custom if restore_op == "custom" else restore_standard
-    table = translation_table() if restore_op == "custom" else None
+    restore_fns = restore_spelling(restore_op)
+    table = translation_table() if restore_op != "standard" else None
     tools = tool_versions()
     skeleton = source.skeleton()
     budget = opts.resolved_attention_budget()
-    defs = _graphs(skeleton, source.cfg.vae, sched, plan, shapes, restore_fn, None, budget)
+    defs = _graphs(skeleton, source.cfg.vae, sched, plan, shapes, restore_fns, None, budget)
     common = {"opset": 20, "restore_op": restore_op, "precision": opts.precision, "tools": tools,
               "config": source.cfg.to_dict()}
     old = _previous(root, opts.force)
@@ -242,8 +252,8 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
             g = DecoderGraph(vae, g.code_hw, g.batch)
         else:
             g = type(g)(model, shapes) if isinstance(g, ConditionGraph) else \
-                StepGraph(model, sched, plan, g.st, shapes, restore_fn, given_indices=g.given_indices,
-                          attn_budget=budget)
+                StepGraph(model, sched, plan, g.st, shapes, given_indices=g.given_indices, attn_budget=budget,
+                          **restore_fns)
         data, final = _export_one(g, d, weights, table)
         atomic_write_bytes(path, data)
         manifest["graphs"][d.name] = {**final.signature(), "key": key, "file": file_record(root, path)}
@@ -341,7 +351,8 @@ def _require_tensorrt() -> None:
     except Exception as err:
         raise ValueError(
             f"--backend tensorrt needs TensorRT, which does not import here ({type(err).__name__}: {err}). "
-            "Export the graphs anywhere with --backend onnx, then run fastvar-build DIR on the GPU machine"
+            "Use --backend onnxruntime to compile and run without TensorRT, or export the graphs anywhere with "
+            "--backend onnx and run fastvar-build DIR on a GPU machine that has TensorRT"
         ) from None
 
 

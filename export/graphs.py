@@ -159,7 +159,7 @@ class StepGraph:
 
     def __init__(self, model: Infinity, sched: ScaleSchedule, plan: PrunePlan, st: StepPlan, shapes: Shapes,
                  restore_fn: Callable[..., torch.Tensor] | None = None, given_indices: bool = False,
-                 attn_budget: int | None = None) -> None:
+                 attn_budget: int | None = None, restore_add_fn: Callable[..., torch.Tensor] | None = None) -> None:
         if st.skipped:
             raise ValueError(f"step {st.index} is skipped by the schedule and has no graph")
         if given_indices and not st.pruned:
@@ -168,6 +168,7 @@ class StepGraph:
         self.attn_budget = attn_budget  # bytes of attention scores (+ probabilities) one chunk may hold
         self.model, self.sched, self.plan, self.st, self.shapes = model, sched, plan, st, shapes
         self.restore_fn = restore_fn
+        self.restore_add_fn = restore_add_fn  # the restore fused with its residual add (one node instead of two)
         self.last = st.index == plan.executed[-1].index
 
     @property
@@ -240,6 +241,8 @@ class StepGraph:
         if not st.pruned:
             return None
         extra = {} if self.restore_fn is None else {"restore": self.restore_fn}
+        if self.restore_add_fn is not None:
+            extra["restore_add"] = self.restore_add_fn
         return PruneStep(kept=st.kept, hw=(st.h, st.w), cache_hw=plan.cache_hw, block_range=plan.block_range,
                          select=select_pivotal_topk, **extra)
 

@@ -64,7 +64,8 @@ def model_options(default_model: str):
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch"]), default="auto",
               show_default=True, help="With ARTIFACT: which runtime runs it (torch = the PyTorch reference).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="With ARTIFACT and onnxruntime: CPU, or the CUDA provider (onnxruntime-gpu).")
+              help="With ARTIFACT and onnxruntime: CPU, or the CUDA provider (onnxruntime-gpu). TensorRT always "
+              "runs on the GPU.")
 @model_options("infinity-tiny")
 @click.option("--text-embeddings", type=click.Path(), help="Text encoder states .npy (L, D) or (B, L, D). "
               "Without it a fixed seeded embedding stands in.")
@@ -133,9 +134,10 @@ def run_cmd(ctx, artifact, backend, device, model_name, ckpt, vae_path, random_i
               help="Classifier-free guidance rows in the graphs; --no-guidance exports a cfg=1 artifact (batch B).")
 @click.option("--backend", type=click.Choice(["tensorrt", "onnxruntime", "onnx"]), default="onnxruntime",
               show_default=True, help="What the graphs are for: tensorrt (then fastvar-build), onnxruntime, onnx.")
-@click.option("--restore-op", type=click.Choice(["auto", "custom", "standard"]), default="auto", show_default=True,
-              help="FastVARRestore as one custom node (TensorRT plugin) or spelled with standard ONNX ops; auto: "
-              "standard for onnxruntime, custom otherwise.")
+@click.option("--restore-op", type=click.Choice(["auto", "custom", "custom-add", "standard"]), default="auto",
+              show_default=True, help="FastVARRestore as one custom node (TensorRT plugin), as FastVARRestoreAdd "
+              "(custom-add: fused with the residual add, one pass less over memory), or spelled with standard ONNX "
+              "ops; auto: standard for onnxruntime, custom otherwise.")
 @click.option("--attention-budget", type=click.FloatRange(min=0), help="MiB that decomposed attention's scores may "
               "hold at once: larger steps split their queries into static chunks (same result) [default: 512 for "
               "onnxruntime; 0 (never) for tensorrt/onnx, whose attention TensorRT fuses].")
@@ -165,7 +167,11 @@ def export_cmd(model_name, ckpt, vae_path, random_init, depth, weights_seed, res
                 mem.check_fits(gpu_memory)
                 click.echo(f"fits in {gpu_memory:g} GiB")
             return
-        export(opts, log=click.echo)
+        manifest = export(opts, log=click.echo)
+        if backend == "tensorrt":
+            from fastvar.builder.engine_builder import build_engines
+
+            build_engines(manifest["_root"], log=click.echo)
     except (ValueError, OSError, ImportError) as err:
         _fail(str(err))
 
@@ -189,13 +195,67 @@ def demo_cmd(out) -> None:
 
 @click.command(context_settings=CONTEXT)
 @click.argument("artifact", type=click.Path(file_okay=False))
+@click.option("--optimization-level", type=click.IntRange(0, 5), default=3, show_default=True,
+              help="TensorRT builder optimisation level (higher: longer builds, possibly faster engines).")
+@click.option("--workspace", type=click.IntRange(min=1), help="MiB the builder may use for scratch [default: "
+              "TensorRT's, the whole GPU].")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), help="Timing cache shared by every build [default: "
+              "ARTIFACT/engines/timing.trt<version>.sm<cc>.cache]; it is specific to one GPU model.")
+@click.option("--graph", "graphs", multiple=True, help="Build only this graph (repeatable): condition, step_07, "
+              "decoder, ...")
+@click.option("--tf32", is_flag=True, help="Let TensorRT use TF32 for fp32 matmuls (faster; about 1e-3 relative "
+              "error, beyond fastvar-validate's fp32 tolerance). Off by default.")
+@click.option("--validation", is_flag=True, help="Also build the validation variants of pruned steps (for "
+              "fastvar-validate --backend tensorrt).")
+@click.option("--check-only", is_flag=True, help="Run the static TensorRT compatibility check (any machine) and stop.")
+@click.option("--force", is_flag=True, help="Rebuild every engine, even those whose record is current.")
+def build_cmd(artifact, optimization_level, workspace, timing_cache, graphs, tf32, validation, check_only,
+              force) -> None:
+    """Build TensorRT engines for the graphs of ARTIFACT on this machine's GPU, and record in the manifest
+    what each was built with (TensorRT version, compute capability, plugin kernel hash, builder settings).
+
+    Every graph first passes a static compatibility check (runs anywhere, also with --check-only); then
+    only stale engines are rebuilt: a changed graph, another TensorRT or GPU, a changed plugin kernel.
+
+    Example: fastvar-build engines/infinity-2b-1024 && fastvar-run engines/infinity-2b-1024 --backend tensorrt
+    """
+    from fastvar.builder.engine_builder import BuildError, BuildOptions, build_engines
+    from fastvar.builder.onnx_check import IncompatibleGraphs, check_artifact
+    from fastvar.manifest import Artifact
+
+    try:
+        if check_only:
+            found = check_artifact(Artifact.load(artifact))
+            bad = {g: v for g, v in found.items() if v}
+            for g, violations in bad.items():
+                for v in violations:
+                    click.echo(f"{g}: {v.node or '-'} ({v.op or '-'}) [{v.rule}] {v.message}", err=True)
+            if bad:
+                sys.exit(1)
+            click.echo(f"{len(found)} graphs pass the TensorRT compatibility check")
+            return
+        opts = BuildOptions(optimization_level=optimization_level, workspace_mib=workspace, timing_cache=timing_cache,
+                            force=force, graphs=tuple(graphs), validation=validation, tf32=tf32)
+        build_engines(artifact, opts, log=click.echo)
+    except (IncompatibleGraphs, BuildError) as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    except (ValueError, OSError, ImportError) as err:
+        _fail(str(err))
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("artifact", type=click.Path(file_okay=False))
 @click.option("--report", type=click.Path(dir_okay=False), help="Write every figure to this JSON file.")
 @click.option("--tol", multiple=True, metavar="PREFIX=VALUE",
               help="Tolerance (relative to each output's scale) for outputs whose name starts with PREFIX, e.g. "
               "--tol logits=1e-4 --tol new_k=1e-5. Defaults: fp32 1e-4 (image 1e-3, bits: 0.1% flipped).")
 @click.option("--regenerate-goldens", is_flag=True, help="Record the goldens again from the PyTorch reference.")
 @click.option("--no-e2e", is_flag=True, help="Per-graph checks only (skip the end-to-end generation check).")
-def validate_cmd(artifact, report, tol, regenerate_goldens, no_e2e) -> None:
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True,
+              help="What is judged: the ONNX graphs (ONNX Runtime, CPU) or the TensorRT engines of fastvar-build "
+              "(build with --validation so pruned steps' validation variants have engines too).")
+def validate_cmd(artifact, report, tol, regenerate_goldens, no_e2e, backend) -> None:
     """Prove that every graph of ARTIFACT computes what the PyTorch reference computes, with Polygraphy,
     then check the whole chain end to end. Exit 0: all within tolerance; 1: not (names the graph and
     output); 2: bad usage or a missing/altered file.
@@ -207,7 +267,7 @@ def validate_cmd(artifact, report, tol, regenerate_goldens, no_e2e) -> None:
 
     try:
         code, _ = validate(artifact, report=report, tol=list(tol), regenerate=regenerate_goldens, e2e=not no_e2e,
-                           log=click.echo)
+                           backend=backend, log=click.echo)
     except (ValidationUsageError, ValueError, OSError, ImportError) as err:
         _fail(str(err))
     sys.exit(code)

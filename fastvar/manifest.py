@@ -86,6 +86,11 @@ class Artifact:
         return PrunePlan(spec=s["spec"], steps=steps, cache_scale=s["cache_scale"],
                          block_range=tuple(s["block_range"]))
 
+    @property
+    def has_plugin_nodes(self) -> bool:
+        """Whether the step graphs carry FastVARRestore(Add) nodes (ONNX Runtime then needs the custom op)."""
+        return self.data["restore_op"] in ("custom", "custom-add")
+
     def run_graphs(self) -> list[str]:
         """Graphs a generation runs (validation variants are for fastvar-validate only)."""
         return [n for n, g in self.data["graphs"].items() if g["kind"] != "validate"]

@@ -140,7 +140,8 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
             art = _artifact(opts, res, spec, log)
             d = art.data
             sched, plan, geom = scale_schedule(d["resolution"], d["aspect"]), art.plan(), artifact_geometry(art)
-            text = load_text_embeddings(None, d["batch"], d["model"]["config"]["text_channels"])
+            text = load_text_embeddings(None, d["batch"], d["model"]["config"]["text_channels"],
+                                        default_len=min(16, d["text_len"]))
             macs = step_macs(_cfg(art), plan, 2 * d["batch"], d["batch"], d["text_len"])
             for backend in opts.backends:
                 _reset_peak_rss()

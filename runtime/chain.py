@@ -69,6 +69,8 @@ def generate(backend, sched: ScaleSchedule, plan: PrunePlan, geom: Geometry, tex
     final_hw = geom.vae_hw(last_scale.h, last_scale.w)
     result = GenerationResult(images=np.empty(0))
     steps_t = []
+    tokens: dict[str, torch.Tensor] = {}
+    logits_kept: dict[str, torch.Tensor] = {}
     summed = None
     for st in plan.steps:
         if st.skipped:
@@ -84,17 +86,21 @@ def generate(backend, sched: ScaleSchedule, plan: PrunePlan, geom: Geometry, tex
             if sampled is None:  # a backend without in-graph sampling: the same rule, here
                 sampled = sample_bits(logits, noise[st.index])
             bits = sampled.view(batch, st.h, st.w, geom.bits)
-        result.tokens[key] = bits.cpu().numpy()
+        tokens[key] = bits  # stays on the device: no host sync between steps
         if keep_logits:
-            result.logits[key] = logits.float().cpu().numpy()
+            logits_kept[key] = logits.float().clone()
         codes = bits_to_codes(bits, geom.codebook_dim, geom.patchify)
         if st.index != last_scale.index:
             codes = upsample_codes(codes, final_hw)
         summed = codes if summed is None else summed + codes
         steps_t.append({"index": st.index, "seconds": time.perf_counter() - t0})
+    if summed.device.type == "cuda":
+        torch.cuda.synchronize(summed.device)  # steps only queue work on a GPU: loop_s is the time they took
     t_dec = time.perf_counter()
     image = backend.decode(summed.squeeze(-3))
     result.images = to_uint8_image(image)
+    result.tokens = {k: t.cpu().numpy() for k, t in tokens.items()}
+    result.logits = {k: t.cpu().numpy() for k, t in logits_kept.items()}
     t_end = time.perf_counter()
     result.timings = {"loop_s": t_dec - t_start, "decode_s": t_end - t_dec, "steps": steps_t}
     return result

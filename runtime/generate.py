@@ -75,8 +75,12 @@ def open_backend(art, backend: str = "auto", device: str = "cpu"):
     if backend == "auto":
         backend = "tensorrt" if art.data.get("engines") and _importable("tensorrt") else "onnxruntime"
     if backend == "tensorrt":
-        raise ArtifactError("the TensorRT backend needs engines built by fastvar-build on a machine with TensorRT; "
-                            "use --backend onnxruntime or torch here")
+        if not art.data.get("engines"):
+            raise ArtifactError(f"{art.root} has no TensorRT engines: run fastvar-build {art.root} on the GPU machine "
+                                "(or use --backend onnxruntime or torch)")
+        from fastvar.runtime.backends.tensorrt import TensorRTBackend
+
+        return TensorRTBackend(art, "cuda")
     if backend == "onnxruntime":
         from fastvar.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
@@ -154,7 +158,8 @@ def run_artifact(root: str, out: str, backend: str = "auto", text_embeddings: st
                                                        "without guidance (--no-guidance): it runs with --cfg 1 only"))
     be = open_backend(art, backend, device)
     sched = scale_schedule(d["resolution"], d["aspect"])
-    text, lengths = load_text_embeddings(text_embeddings, d["batch"], d["model"]["config"]["text_channels"])
+    text, lengths = load_text_embeddings(text_embeddings, d["batch"], d["model"]["config"]["text_channels"],
+                                         default_len=min(16, d["text_len"]))
     forced = read_npz(force_tokens) if force_tokens else None
     load_s = time.perf_counter() - t0
     res = generate(be, sched, art.plan(), artifact_geometry(art), text, lengths, seed, cfg, tau,

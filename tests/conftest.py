@@ -48,3 +48,39 @@ def tiny_artifacts(tmp_path_factory) -> dict[str, Path]:
         export_tiny(root / schedule, schedule)
         out[schedule] = root / schedule
     return out
+
+
+FAKE_TENSORRT = Path(__file__).resolve().parent / "fake_tensorrt"
+
+
+@pytest.fixture
+def fake_tensorrt():
+    """The CPU fake of ``tensorrt`` (tests/fake_tensorrt), freshly imported and isolated per test.
+
+    Puts tests/fake_tensorrt first on sys.path, hides any imported ``tensorrt*`` modules, imports the fake and yields
+    it; afterwards empties its plugin registry and restores sys.path and sys.modules. A module that imported
+    ``tensorrt`` at its top keeps the object it got: import it inside the test, after this fixture.
+    """
+    import importlib
+    import sys
+
+    def ours(name: str) -> bool:
+        return name == "tensorrt" or name.startswith("tensorrt.")
+
+    saved_path = list(sys.path)
+    saved_modules = {name: sys.modules.pop(name) for name in list(sys.modules) if ours(name)}
+    sys.path.insert(0, str(FAKE_TENSORRT))
+    importlib.invalidate_caches()
+    trt = None
+    try:
+        trt = importlib.import_module("tensorrt")
+        assert Path(trt.__file__).resolve().is_relative_to(FAKE_TENSORRT), trt.__file__
+        yield trt
+    finally:
+        if trt is not None and hasattr(trt, "_fake"):
+            trt._fake.reset()
+        for name in [n for n in sys.modules if ours(n)]:
+            del sys.modules[name]
+        sys.modules.update(saved_modules)
+        sys.path[:] = saved_path
+        importlib.invalidate_caches()

@@ -30,7 +30,8 @@ def test_gpu_memory_refuses_a_plan_that_does_not_fit_with_the_shortfall(tmp_path
 
 def test_tensorrt_backend_without_tensorrt_fails_at_once(tmp_path):
     r = _export(["--model", "infinity-tiny", "--random-init", "--backend", "tensorrt", "--out", str(tmp_path / "a")])
-    assert r.exit_code == 2 and "fastvar-build" in r.output and "--backend onnx" in r.output
+    assert r.exit_code == 2 and "needs TensorRT" in r.output and "--backend onnxruntime" in r.output
+    assert "fastvar-build" in r.output and not (tmp_path / "a").exists()
 
 
 def test_bad_inputs_are_specific(tmp_path):

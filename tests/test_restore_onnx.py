@@ -241,3 +241,32 @@ def test_numpy_kernel_is_bit_exact(ort_mod, cache_hw, out_hw):
     got = ort_mod.restore_np(kept.numpy(), idx.numpy(), cache.numpy(), cache_hw, out_hw)
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, ref.numpy())
+
+
+class _RestoreAdd(torch.nn.Module):
+    def forward(self, residual, kept, kept_idx, cache):
+        from fastvar.plugins.restore import restore_add_custom
+
+        return restore_add_custom(residual, kept, kept_idx, cache, *EXPORT_HW)
+
+
+def test_fused_add_exports_one_node_and_runs_in_ort_equal_to_the_reference(onnx_mod, op_mod, ort_mod):
+    from fastvar.plugins.restore import restore_add_reference
+
+    onnx = onnx_mod
+    kept, idx, cache = _case(*EXPORT_HW, batch=2, k_mode="random", dtype=torch.float32, seed=5)
+    g = torch.Generator().manual_seed(6)
+    residual = torch.randn(2, EXPORT_HW[1][0] * EXPORT_HW[1][1], kept.shape[2], generator=g)
+    want = restore_add_reference(residual, kept, idx, cache, *EXPORT_HW)
+    assert torch.equal(_RestoreAdd()(residual, kept, idx, cache), want)
+    model = torch.onnx.export(_RestoreAdd(), (residual, kept, idx, cache), dynamo=True, verbose=False,
+                              custom_translation_table=op_mod.translation_table()).model_proto
+    assert [(n.op_type, n.domain) for n in model.graph.node] == [("FastVARRestoreAdd", "fastvar")]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in model.graph.node[0].attribute}
+    assert attrs["plugin_namespace"] == b"fastvar" and attrs["out_h"] == EXPORT_HW[1][0]
+    onnx.checker.check_model(model, full_check=True)
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    out = inferred.graph.output[0].type.tensor_type
+    assert [d.dim_value for d in out.shape.dim] == list(residual.shape) and out.elem_type == onnx.TensorProto.FLOAT
+    got = _run(ort_mod, ort_mod.for_onnxruntime(model), (residual, kept, idx, cache))
+    assert torch.equal(got, want)  # the NumPy kernel restores in torch's order, then one fp32 add

@@ -1,5 +1,6 @@
-"""The Triton kernel of FastVARRestore equals the PyTorch reference bit for bit (Triton's interpreter on
-the CPU), and compiles ahead of time to PTX for sm_80, sm_89 and sm_90 without a GPU."""
+"""The Triton kernels of FastVARRestore (two-pass, fused) and FastVARRestoreAdd equal the PyTorch reference
+bit for bit (Triton's interpreter on the CPU), and compile ahead of time to PTX for sm_80, sm_89 and sm_90
+without a GPU."""
 
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ CASES = [  # (cache grid, output grid, batch, kept, dtype): non-dividing windows
 _SCRIPT = textwrap.dedent("""
     import json, sys
     import torch
-    from fastvar.plugins.restore.reference import restore_reference
-    from fastvar.plugins.restore.triton_kernel import restore_triton, restore_triton_fused
+    from fastvar.plugins.restore.reference import restore_add_reference, restore_reference
+    from fastvar.plugins.restore.triton_kernel import restore_add_triton_fused, restore_triton, restore_triton_fused
     out = []
     for i, (cache_hw, out_hw, batch, k, dtype) in enumerate(json.loads(sys.argv[1])):
         g = torch.Generator().manual_seed(i)
@@ -44,6 +45,12 @@ _SCRIPT = textwrap.dedent("""
             got = fn(kept, idx, cache, tuple(cache_hw), tuple(out_hw))
             res[name] = {"equal": got.dtype == want.dtype and torch.equal(got, want),
                          "max_diff": (got.float() - want.float()).abs().max().item()}
+        for rdt in (torch.float32, dt):  # the model's fp32 residual stream, and a residual of the cache's dtype
+            residual = torch.randn(batch, lo, c, generator=g).to(rdt)
+            want = restore_add_reference(residual, kept, idx, cache, tuple(cache_hw), tuple(out_hw))
+            got = restore_add_triton_fused(residual, kept, idx, cache, tuple(cache_hw), tuple(out_hw))
+            res[f"fused-add {rdt}"] = {"equal": got.dtype == want.dtype and torch.equal(got, want),
+                                       "max_diff": (got.float() - want.float()).abs().max().item()}
         out.append(res)
     print(json.dumps(out))
 """)
@@ -56,7 +63,8 @@ def test_kernel_is_bit_exact_with_the_reference_under_the_interpreter():
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
     for case, r in zip(CASES, results, strict=True):
-        assert r["two-pass"]["equal"] and r["fused"]["equal"], (case, r)
+        assert {"two-pass", "fused", "fused-add torch.float32", f"fused-add torch.{case[4]}"} == set(r), r
+        assert all(v["equal"] for v in r.values()), (case, r)
 
 
 @pytest.mark.parametrize("arch", [80, 89, 90])

@@ -78,10 +78,10 @@ def metrics(got: np.ndarray, want: np.ndarray) -> tuple[float, float, float, flo
     return float(d.max(initial=0.0)), float(d.mean()) if d.size else 0.0, float(d.max(initial=0.0)) / scale, cos
 
 
-def compare_graph(name: str, step: int | None, session_factory, feeds: dict[str, np.ndarray],
+def compare_graph(name: str, step: int | None, runner, feeds: dict[str, np.ndarray],
                   golden: dict[str, np.ndarray], tolerances: dict[str, float]) -> GraphResult:
-    """Run one graph through Polygraphy's ONNX Runtime runner and compare it with its goldens."""
-    from polygraphy.backend.onnxrt import OnnxrtRunner
+    """Run one graph through a Polygraphy runner (ONNX Runtime's, or an engine's) and compare it with its
+    goldens."""
     from polygraphy.comparator import Comparator, RunResults, SimpleCompareFunc
     from polygraphy.logger import G_LOGGER
 
@@ -89,7 +89,6 @@ def compare_graph(name: str, step: int | None, session_factory, feeds: dict[str,
 
     result = GraphResult(name, step)
     try:
-        runner = OnnxrtRunner(session_factory, name="onnxruntime")
         run = Comparator.run([runner], data_loader=[feeds])
     except Exception as err:  # a graph that does not load or run with these inputs is a failed graph
         result.error = f"does not run on its golden inputs ({type(err).__name__}: {str(err).splitlines()[0][:300]})"
@@ -101,7 +100,7 @@ def compare_graph(name: str, step: int | None, session_factory, feeds: dict[str,
     ref = RunResults()
     ref.add([{n: golden[n] for n in plain}], runner_name="reference")
     run_plain = RunResults()
-    run_plain.add([{n: got[n] for n in plain if n in got}], runner_name="onnxruntime")
+    run_plain.add([{n: got[n] for n in plain if n in got}], runner_name=runner.name)
     run_plain.extend(ref)
     compare = SimpleCompareFunc(atol={n: tol[n] * scales[n] for n in plain}, rtol={n: tol[n] for n in plain},
                                 check_error_stat={"": "elemwise"})

@@ -119,7 +119,8 @@ def write_goldens(art: Artifact, seed: int = 0, text_embeddings: str | None = No
         index["graphs"][name] = {"key": g["key"], "files": {k: _record(art.root, p) for k, p in files.items()}}
 
     d = art.data
-    text, lengths = load_text_embeddings(text_embeddings, d["batch"], d["model"]["config"]["text_channels"])
+    text, lengths = load_text_embeddings(text_embeddings, d["batch"], d["model"]["config"]["text_channels"],
+                                          default_len=min(16, d["text_len"]))
     if text.shape[1] > d["text_len"]:
         raise ArtifactError(f"the text has {text.shape[1]} tokens; the artifact's bucket holds {d['text_len']}")
     rec = GoldenRecorder(art, sink)

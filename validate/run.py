@@ -22,21 +22,43 @@ class ValidationUsageError(ValueError):
     """Exit code 2: the validation could not be carried out as asked."""
 
 
-def _session_factory(art: Artifact, name: str):
+def _onnxrt_runner(art: Artifact, name: str):
+    """Polygraphy's ONNX Runtime runner over a session that knows the custom restore op when the graph has it."""
     import onnx
     import onnxruntime as ort
+    from polygraphy.backend.onnxrt import OnnxrtRunner
 
     def make():
         so = ort.SessionOptions()
         source: str | bytes = str(art.graph_path(name))
-        if art.data["restore_op"] == "custom" and art.graph(name)["kind"] in ("step", "validate"):
+        if art.has_plugin_nodes and art.graph(name)["kind"] in ("step", "validate"):
             from fastvar.plugins.restore.ort_op import for_onnxruntime, session_options
 
             source = for_onnxruntime(onnx.load(source)).SerializeToString()
             so = session_options(so)
         return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
 
-    return make
+    return OnnxrtRunner(make, name="onnxruntime")
+
+
+BACKENDS = ("onnxruntime", "tensorrt")
+
+
+def _engine_backend(art: Artifact, names: list[str]):
+    """The TensorRT backend holding an engine for every graph checked (validation variants included)."""
+    missing = [n for n in names if n not in (art.data.get("engines") or {})]
+    if missing:
+        raise ValidationUsageError(f"no engine for {', '.join(missing)}: run fastvar-build {art.root} --validation "
+                                   "(validation variants are built only when asked)")
+    from fastvar.runtime.backends.tensorrt import TensorRTBackend
+
+    return TensorRTBackend(art, "cuda" if _cuda() else "cpu", graphs=names)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _tolerances(art: Artifact, overrides: dict[str, float]) -> dict[str, float]:
@@ -56,10 +78,14 @@ def parse_tolerances(items: list[str]) -> dict[str, float]:
     return out
 
 
-def polygraphy_command(art: Artifact, name: str, tolerances: dict[str, float]) -> str | None:
-    """The `polygraphy run` line that checks one graph against its goldens (standard-op graphs only:
-    Polygraphy's CLI cannot load ONNX Runtime custom ops)."""
-    if art.data["restore_op"] == "custom" and art.graph(name)["kind"] in ("step", "validate"):
+def polygraphy_command(art: Artifact, name: str, tolerances: dict[str, float], engine: bool = False) -> str | None:
+    """The `polygraphy run` line that checks one graph, or its engine, against its goldens. Graphs: standard-op
+    ones only (Polygraphy's CLI cannot load ONNX Runtime custom ops). Engines: any, since the restore
+    plugin's kernel is embedded in the plan (AOT) and Polygraphy's TrtRunner needs nothing else."""
+    rec = (art.data.get("engines") or {}).get(name)
+    if engine and rec is None:
+        return None
+    if not engine and art.has_plugin_nodes and art.graph(name)["kind"] in ("step", "validate"):
         return None
     index = art.root / GOLDENS / f"{name}.outputs.json"
     if not index.is_file():
@@ -68,9 +94,10 @@ def polygraphy_command(art: Artifact, name: str, tolerances: dict[str, float]) -
     golden = read_npz(art.root / GOLDENS / f"{name}.outputs.npz")
     atol = " ".join(f"{o}:{_tol(o, tolerances) * float(np.abs(golden[o]).max(initial=0)):.3g}" for o in outs)
     rtol = " ".join(f"{o}:{_tol(o, tolerances):.3g}" for o in outs)
-    return (f"polygraphy run {art.graph_path(name)} --onnxrt --data-loader-script "
+    model = f"{art.root / rec['path']} --model-type engine --trt" if engine else f"{art.graph_path(name)} --onnxrt"
+    return (f"polygraphy run {model} --data-loader-script "
             f"{art.root / GOLDENS / 'data_loader.py'}:{name} --load-outputs {index} "
-            f"--onnx-outputs {' '.join(outs)} --atol {atol} --rtol {rtol}")
+            + ("" if engine else f"--onnx-outputs {' '.join(outs)} ") + f"--atol {atol} --rtol {rtol}")
 
 
 def example_graphs(art: Artifact) -> list[str]:
@@ -89,8 +116,11 @@ def _tol(name: str, tolerances: dict[str, float]) -> float:
 
 
 def validate(root: str, report: str | None = None, tol: list[str] | None = None, regenerate: bool = False,
-             e2e: bool = True, log: Callable[[str], None] = print) -> tuple[int, dict]:
-    """Run every check; returns (exit code 0 or 1, report). Usage problems raise ValidationUsageError."""
+             e2e: bool = True, backend: str = "onnxruntime", log: Callable[[str], None] = print) -> tuple[int, dict]:
+    """Run every check; returns (exit code 0 or 1, report). Usage problems raise ValidationUsageError.
+    ``backend``: what is judged against the reference, the ONNX graphs (ONNX Runtime) or the engines."""
+    if backend not in BACKENDS:
+        raise ValidationUsageError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
     try:
         import polygraphy  # noqa: F401
     except ImportError:
@@ -100,7 +130,7 @@ def validate(root: str, report: str | None = None, tol: list[str] | None = None,
         art.verify()
     except ArtifactError as err:
         raise ValidationUsageError(str(err)) from None
-    if art.data["precision"] != "fp32":
+    if art.data["precision"] != "fp32" and backend == "onnxruntime":
         raise ValidationUsageError(f"{root} is {art.data['precision']}: the ONNX Runtime runner here runs fp32 "
                                    "graphs; bf16 graphs are validated with TensorRT (fastvar-build) on a GPU")
     tolerances = _tolerances(art, parse_tolerances(tol or []))
@@ -119,13 +149,20 @@ def validate(root: str, report: str | None = None, tol: list[str] | None = None,
         problems += [why for f in rec["files"].values() if (why := verify_file(art.root, f))]
     if problems:
         raise ValidationUsageError("; ".join(problems))
-    weights = {k: v.numpy() for k, v in _store(art).items()}
+    engines = _engine_backend(art, list(art.data["graphs"])) if backend == "tensorrt" else None
+    weights = {k: v.numpy() for k, v in _store(art).items()} if engines is None else {}
     results: list[GraphResult] = []
     for name, g in art.data["graphs"].items():
         feeds = read_npz(art.root / GOLDENS / f"{name}.inputs.npz")
-        feeds.update({w: weights[w] for w in g["weights"]})
+        feeds.update({w: weights[w] for w in g["weights"] if w in weights})
         golden = read_npz(art.root / GOLDENS / f"{name}.outputs.npz")
-        res = compare_graph(name, g.get("step"), _session_factory(art, name), feeds, golden, tolerances)
+        if engines is None:
+            runner = _onnxrt_runner(art, name)
+        else:
+            from fastvar.validate.trt_runner import EngineRunner
+
+            runner = EngineRunner(engines, name)
+        res = compare_graph(name, g.get("step"), runner, feeds, golden, tolerances)
         if g["kind"] == "step" and res.kept_overlap is not None and res.kept_overlap < 1.0:
             # a flipped selection changes those tokens' outputs: the compute is judged on the validation
             # variant (identical selections); this graph is judged on its kept-set overlap
@@ -134,7 +171,7 @@ def validate(root: str, report: str | None = None, tol: list[str] | None = None,
                     o.note = (o.note + "; " if o.note else "") + f"informational: judged on {name}_validate"
                     o.passed = True
         results.append(res)
-    e2e_report = _end_to_end(art, log) if e2e else None
+    e2e_report = _end_to_end(art, log, engines) if e2e else None
     failures = [f for r in results for f in r.failures()] + (e2e_report or {}).get("failures", [])
     _print_table(results, log)
     out = {"artifact": str(art.root), "precision": art.data["precision"], "tolerances": tolerances,
@@ -143,7 +180,7 @@ def validate(root: str, report: str | None = None, tol: list[str] | None = None,
     if report:
         atomic_write_json(report, out)
     for name in example_graphs(art):
-        cmd = polygraphy_command(art, name, tolerances)
+        cmd = polygraphy_command(art, name, tolerances, engine=backend == "tensorrt")
         if cmd:
             log(f"check {name} with Polygraphy's CLI:\n  {cmd}")
     if failures:
@@ -159,7 +196,7 @@ def _store(art: Artifact):
     return read_store(art.weight_path())
 
 
-def _end_to_end(art: Artifact, log: Callable[[str], None]) -> dict:
+def _end_to_end(art: Artifact, log: Callable[[str], None], engines=None) -> dict:
     """Teacher-forced logits per scale (gating), free-running token agreement and PSNR (reported)."""
     from fastvar.export.schedules import scale_schedule
     from fastvar.runtime.chain import generate
@@ -169,9 +206,11 @@ def _end_to_end(art: Artifact, log: Callable[[str], None]) -> dict:
 
     d = art.data
     sched, plan, geom = scale_schedule(d["resolution"], d["aspect"]), art.plan(), artifact_geometry(art)
-    text = load_text_embeddings(None, d["batch"], d["model"]["config"]["text_channels"])
+    text = load_text_embeddings(None, d["batch"], d["model"]["config"]["text_channels"],
+                                 default_len=min(16, d["text_len"]))
     cfg = 4.0 if d["guidance"] else 1.0
-    ref_be, ort_be = open_backend(art, "torch"), open_backend(art, "onnxruntime")
+    ref_be = open_backend(art, "torch")
+    ort_be = engines if engines is not None else open_backend(art, "onnxruntime")
     ref = generate(ref_be, sched, plan, geom, *text, 0, cfg, 0.5, keep_logits=True)
     free = generate(ort_be, sched, plan, geom, *text, 0, cfg, 0.5, keep_logits=True)
     forced = generate(ort_be, sched, plan, geom, *text, 0, cfg, 0.5, force_tokens=ref.tokens, keep_logits=True)
@@ -183,7 +222,7 @@ def _end_to_end(art: Artifact, log: Callable[[str], None]) -> dict:
                 for k, e in errors.items() if e > tol]
     failures += [f"end to end: kept-set overlap at step {s} is {v:.4f} < 0.99" for s, v in overlap.items() if v < 0.99]
     agree, psnr_db = token_agreement(ref.tokens, free.tokens), psnr(ref.images, free.images)
-    log(f"end to end (onnxruntime vs torch): teacher-forced worst logit error {max(errors.values()):.2e} of the "
+    log(f"end to end ({ort_be.name} vs torch): teacher-forced worst logit error {max(errors.values()):.2e} of the "
         f"logit scale (tolerance {tol:.0e}); free-running token agreement {agree:.4f}, image PSNR {psnr_db:.1f} dB")
     return {"teacher_forced_logit_error": errors, "kept_overlap": overlap, "token_agreement": agree,
             "psnr_db": psnr_db if np.isfinite(psnr_db) else None, "tolerance": tol, "failures": failures}

@@ -212,6 +212,8 @@ class PruneStep:
     block_range: tuple[int, int]
     select: Callable[[torch.Tensor, int], torch.Tensor] = select_pivotal
     restore: Callable[..., torch.Tensor] = restore
+    # residual + restore(...) as one call (the fused FastVARRestoreAdd node); None: the add follows restore
+    restore_add: Callable[..., torch.Tensor] | None = None
     # Kept indices supplied instead of selected, per pruned block (sa, ca, ffn) each (B2, K): validation
     # graphs take the reference's selection as inputs, so their compute is compared on identical tokens.
     given: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
@@ -354,10 +356,14 @@ class Infinity(nn.Module):
             idx = p.select(xx, p.kept) if p.given is None else p.given[i - p.block_range[0]][sub]
             return gather_tokens(xx, idx), idx
 
-        def put(out: torch.Tensor, idx: torch.Tensor | None, cache: torch.Tensor | None) -> torch.Tensor:
+        def add(res: torch.Tensor, out: torch.Tensor, idx: torch.Tensor | None,
+                cache: torch.Tensor | None) -> torch.Tensor:
+            """The residual add of one sub-layer; a pruned one restores its full map first."""
             if idx is None:
-                return out
-            return p.restore(out, idx, cache, p.cache_hw, p.hw)
+                return res + out
+            if p.restore_add is not None:
+                return p.restore_add(res, out, idx, cache, p.cache_hw, p.hw)
+            return res + p.restore(out, idx, cache, p.cache_hw, p.hw)
 
         # self-attention (RoPE rows follow the kept tokens, so they keep their 2-D positions)
         xs, idx_sa = pick(x, 0)
@@ -366,14 +372,14 @@ class Infinity(nn.Module):
             table = rope[:, idx_sa].unsqueeze(2)  # (2, B, 1, K, hd/2)
         sa, k_new, v_new = blk.sa(_ada_norm(xs, s1, b1, eps), table, past_k, past_v, dt, q_chunk)
         sa = (sa.float() * g1).to(sa.dtype)  # upstream multiplies in place: the SA output keeps its dtype
-        x = x + put(sa, idx_sa, rc[0] if rc else None)
+        x = add(x, sa, idx_sa, rc[0] if rc else None)
         # cross-attention to the text
         xs, idx_ca = pick(x, 1)
         normed = F.layer_norm(xs.float(), (xs.shape[-1],), blk.ca_norm.weight.float(), blk.ca_norm.bias.float(), eps)
         ca = blk.ca(normed, cond.ca_k[i], cond.ca_v[i], cond.text_mask, dt).float()
-        x = x + put(ca, idx_ca, rc[1] if rc else None)
+        x = add(x, ca, idx_ca, rc[1] if rc else None)
         # feed-forward
         xs, idx_ffn = pick(x, 2)
         ffn = blk.ffn(_ada_norm(xs, s2, b2, eps), dt).float() * g2
-        x = x + put(ffn, idx_ffn, rc[2] if rc else None)
+        x = add(x, ffn, idx_ffn, rc[2] if rc else None)
         return x, k_new, v_new, (sa, ca, ffn), (idx_sa, idx_ca, idx_ffn)

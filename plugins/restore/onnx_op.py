@@ -17,11 +17,14 @@ from onnx.defs import OpSchema
 
 DOMAIN = "fastvar"
 OP_TYPE = "FastVARRestore"
+OP_TYPE_ADD = "FastVARRestoreAdd"  # the restore fused with the residual add that consumes it
+OP_TYPES = (OP_TYPE, OP_TYPE_ADD)
 PLUGIN_VERSION = "1"
 SCHEMA_VERSION = 1
 SIZE_ATTRS = ("cache_h", "cache_w", "out_h", "out_w")
 
-__all__ = ["DOMAIN", "OP_TYPE", "PLUGIN_VERSION", "SIZE_ATTRS", "register_schema", "translation_table"]
+__all__ = ["DOMAIN", "OP_TYPE", "OP_TYPES", "OP_TYPE_ADD", "PLUGIN_VERSION", "SIZE_ATTRS", "register_schema",
+           "translation_table"]
 
 _LOCK = threading.Lock()
 
@@ -44,13 +47,42 @@ def _infer(ctx: Any) -> None:
     ctx.set_output_type(0, out)
 
 
-def _schema() -> OpSchema:
-    param = OpSchema.FormalParameter
+def _infer_add(ctx: Any) -> None:
+    """Output type: the residual's (input 0), shape and element type."""
+    res_t = ctx.get_input_type(0)
+    if res_t is not None and res_t.HasField("tensor_type"):
+        ctx.set_output_type(0, res_t)
+
+
+def _attrs() -> list:
     attrs = [OpSchema.Attribute(n, OpSchema.AttrType.INT, "token-grid size", required=True) for n in SIZE_ATTRS]
-    attrs += [
+    return attrs + [
         OpSchema.Attribute("plugin_namespace", OpSchema.AttrType.STRING, "TensorRT plugin namespace", required=False),
         OpSchema.Attribute("plugin_version", OpSchema.AttrType.STRING, "TensorRT plugin version", required=False),
     ]
+
+
+def _schema_add() -> OpSchema:
+    param = OpSchema.FormalParameter
+    floats = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
+    schema = OpSchema(
+        OP_TYPE_ADD,
+        DOMAIN,
+        SCHEMA_VERSION,
+        "residual (B, out_h*out_w, C) + FastVARRestore(kept, kept_idx, cache): the restored map in the cache's "
+        "type, added in the residual's type.",
+        inputs=[param("residual", "R"), param("kept", "T"), param("kept_idx", "tensor(int64)"), param("cache", "T")],
+        outputs=[param("sum", "R")],
+        type_constraints=[("R", floats, "residual and output type"), ("T", floats, "restored map type")],
+        attributes=_attrs(),
+    )
+    schema.set_type_and_shape_inference_function(_infer_add)
+    return schema
+
+
+def _schema() -> OpSchema:
+    param = OpSchema.FormalParameter
+    attrs = _attrs()
     schema = OpSchema(
         OP_TYPE,
         DOMAIN,
@@ -67,19 +99,21 @@ def _schema() -> OpSchema:
 
 
 def register_schema() -> None:
-    """Register FastVARRestore (domain ``fastvar``, version 1) with onnx once; later calls do nothing.
+    """Register FastVARRestore and FastVARRestoreAdd (domain ``fastvar``, version 1) with onnx once; later
+    calls do nothing.
 
     Needed by the exporter and by ``onnx.checker.check_model(..., full_check=True)``. The schema carries a
     Python type-and-shape inference function. A schema someone else registered first is left in place.
     """
     with _LOCK:
-        if onnx.defs.has(OP_TYPE, SCHEMA_VERSION, DOMAIN):
-            return
-        try:
-            onnx.defs.register_schema(_schema())
-        except onnx.defs.SchemaError:
-            if not onnx.defs.has(OP_TYPE, SCHEMA_VERSION, DOMAIN):
-                raise
+        for op, make in ((OP_TYPE, _schema), (OP_TYPE_ADD, _schema_add)):
+            if onnx.defs.has(op, SCHEMA_VERSION, DOMAIN):
+                continue
+            try:
+                onnx.defs.register_schema(make())
+            except onnx.defs.SchemaError:
+                if not onnx.defs.has(op, SCHEMA_VERSION, DOMAIN):
+                    raise
 
 
 def translation_table() -> dict[Any, Callable[..., Any]]:
@@ -106,4 +140,19 @@ def translation_table() -> dict[Any, Callable[..., Any]]:
             plugin_version=PLUGIN_VERSION,
         )
 
-    return {torch.ops.fastvar.restore.default: fastvar_restore}
+    def fastvar_restore_add(residual, kept, kept_idx, cache, cache_h: int, cache_w: int, out_h: int, out_w: int):
+        return opset.FastVARRestoreAdd(
+            residual,
+            kept,
+            kept_idx,
+            cache,
+            cache_h=int(cache_h),
+            cache_w=int(cache_w),
+            out_h=int(out_h),
+            out_w=int(out_w),
+            plugin_namespace=DOMAIN,
+            plugin_version=PLUGIN_VERSION,
+        )
+
+    return {torch.ops.fastvar.restore.default: fastvar_restore,
+            torch.ops.fastvar.restore_add.default: fastvar_restore_add}

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from .onnx_op import DOMAIN, OP_TYPE, SIZE_ATTRS
+from .onnx_op import DOMAIN, OP_TYPE, OP_TYPE_ADD, OP_TYPES, SIZE_ATTRS
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -120,6 +120,16 @@ def _register_pyop() -> None:
                 (out_h, out_w),
             )
 
+        @ext.onnx_op(
+            op_type=OP_TYPE_ADD,
+            inputs=[dt.dt_float, dt.dt_float, dt.dt_int64, dt.dt_float],
+            outputs=[dt.dt_float],
+            attrs={name: dt.dt_int64 for name in SIZE_ATTRS},
+        )
+        def fastvar_restore_add(residual, kept, kept_idx, cache, cache_h=0, cache_w=0, out_h=0, out_w=0):
+            restored = fastvar_restore(kept, kept_idx, cache, cache_h, cache_w, out_h, out_w)
+            return np.asarray(residual, dtype=np.float32) + restored
+
         _REGISTERED = True
 
 
@@ -153,7 +163,7 @@ def _all_nodes(model: onnx.ModelProto):
 
 
 def for_onnxruntime(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` whose FastVARRestore nodes are PyOp nodes (domain ``ai.onnx.contrib``).
+    """A copy of ``model`` whose FastVARRestore(Add) nodes are PyOp nodes (domain ``ai.onnx.contrib``).
 
     The TensorRT string attributes (plugin_namespace, plugin_version) stay: the PyOp reads only the attributes
     it declares and ignores the rest (checked with onnxruntime-extensions 0.15). The ``fastvar`` opset import
@@ -161,7 +171,7 @@ def for_onnxruntime(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     out = copy.deepcopy(model)
     for node in _all_nodes(out):
-        if node.op_type == OP_TYPE and node.domain == DOMAIN:
+        if node.op_type in OP_TYPES and node.domain == DOMAIN:
             node.domain = PYOP_DOMAIN
     used = {node.domain for node in _all_nodes(out)}
     imports = [op for op in out.opset_import if not (op.domain == DOMAIN and DOMAIN not in used)]

@@ -45,3 +45,20 @@ def restore_reference(
     full = area_upsample(cache, cache_hw, out_hw)
     index = kept_idx.long().unsqueeze(-1).expand(-1, -1, full.shape[-1])
     return full.scatter(1, index, kept.to(full.dtype))
+
+
+def restore_add_reference(
+    residual: torch.Tensor,
+    kept: torch.Tensor,
+    kept_idx: torch.Tensor,
+    cache: torch.Tensor,
+    cache_hw: tuple[int, int],
+    out_hw: tuple[int, int],
+) -> torch.Tensor:
+    """``residual + restore_reference(...)``: the restore fused with the residual add that consumes it.
+
+    FastVAR's blocks add every restored sub-layer output to the residual stream at once, so the fused op
+    saves one write and one read of a (B, h*w, C) map per pruned sub-layer. The restored map is rounded to
+    the cache's dtype first and the sum follows torch's type promotion (an fp32 residual stays fp32).
+    """
+    return residual + restore_reference(kept, kept_idx, cache, cache_hw, out_hw)

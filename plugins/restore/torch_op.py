@@ -2,6 +2,7 @@
 
 * ``torch.ops.fastvar.restore`` is an opaque custom op: the dynamo ONNX exporter sees one call, so a
   translation table (``onnx_op.translation_table``) can emit one plugin node for TensorRT.
+  ``torch.ops.fastvar.restore_add`` is the same op fused with the residual add that consumes it.
 * ``restore_standard`` spells the same maths with ops every ONNX backend knows (two MatMuls with constant
   area matrices and a ScatterElements), for runtimes without the plugin and as a cross-check.
 
@@ -14,9 +15,9 @@ import functools
 
 import torch
 
-from .reference import restore_reference
+from .reference import restore_add_reference, restore_reference
 
-__all__ = ["area_matrix", "restore", "restore_custom", "restore_standard"]
+__all__ = ["area_matrix", "restore", "restore_add", "restore_add_custom", "restore_custom", "restore_standard"]
 
 
 @torch.library.custom_op("fastvar::restore", mutates_args=())
@@ -64,6 +65,53 @@ def restore_custom(
     kept_idx = kept_idx.long()
     return torch.ops.fastvar.restore(kept, kept_idx, cache, int(cache_hw[0]), int(cache_hw[1]),
                                      int(out_hw[0]), int(out_hw[1]))
+
+
+@torch.library.custom_op("fastvar::restore_add", mutates_args=())
+def restore_add(
+    residual: torch.Tensor,
+    kept: torch.Tensor,
+    kept_idx: torch.Tensor,
+    cache: torch.Tensor,
+    cache_h: int,
+    cache_w: int,
+    out_h: int,
+    out_w: int,
+) -> torch.Tensor:
+    """Eager meaning of the fused op: exactly ``restore_add_reference``."""
+    return restore_add_reference(residual, kept, kept_idx, cache, (cache_h, cache_w), (out_h, out_w))
+
+
+@restore_add.register_fake
+def _restore_add_fake(
+    residual: torch.Tensor,
+    kept: torch.Tensor,
+    kept_idx: torch.Tensor,
+    cache: torch.Tensor,
+    cache_h: int,
+    cache_w: int,
+    out_h: int,
+    out_w: int,
+) -> torch.Tensor:
+    """The residual's shape; the dtype torch's promotion gives residual + cache."""
+    torch._check(cache.shape[1] == cache_h * cache_w)
+    torch._check(residual.shape[1] == out_h * out_w)
+    return residual.new_empty(residual.shape, dtype=torch.promote_types(residual.dtype, cache.dtype))
+
+
+def restore_add_custom(
+    residual: torch.Tensor,
+    kept: torch.Tensor,
+    kept_idx: torch.Tensor,
+    cache: torch.Tensor,
+    cache_hw: tuple[int, int],
+    out_hw: tuple[int, int],
+) -> torch.Tensor:
+    """The fused op with the types its ONNX schema fixes: the residual in its (promoted) output dtype,
+    ``kept`` in the cache's dtype, int64 indices."""
+    residual = residual.to(torch.promote_types(residual.dtype, cache.dtype))
+    return torch.ops.fastvar.restore_add(residual, kept.to(cache.dtype), kept_idx.long(), cache, int(cache_hw[0]),
+                                         int(cache_hw[1]), int(out_hw[0]), int(out_hw[1]))
 
 
 @functools.lru_cache(maxsize=64)

@@ -83,13 +83,13 @@ def scatter_kernel(kept_ptr, idx_ptr, out_ptr, K, C, L, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def fused_kernel(kept_ptr, idx_ptr, cache_ptr, out_ptr, K, C, hc, wc, h, w, BLOCK_P: tl.constexpr,
-                 BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-                 K_TILES: tl.constexpr):
-    """One launch, one write per output element (what an ahead-of-time TensorRT plugin needs: a single
-    kernel). Program (b * position-blocks + pb, c-block): find which positions of the block are kept by
-    comparing them with every kept index (K <= 3840 compares per position, cheap next to the memory
-    traffic), then write the kept row or the area value. Same sums, order and rounding as area_kernel."""
+def _restored_tile(kept_ptr, idx_ptr, cache_ptr, K, C, hc, wc, h, w, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
+                   BLOCK_C: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, K_TILES: tl.constexpr):
+    """This program's (BLOCK_P, BLOCK_C) tile of the restored map, in the cache's dtype, with the flat offsets
+    of its elements in a (B, h*w, C) tensor and their mask. Program (b * position-blocks + pb, c-block): find
+    which positions of the block are kept by comparing them with every kept index (K <= 3840 compares per
+    position, cheap next to the memory traffic), then take the kept row or the area value. Same sums, order
+    and rounding as area_kernel."""
     row = tl.program_id(0)
     cb = tl.program_id(1)
     n_pb = tl.cdiv(h * w, BLOCK_P)
@@ -97,7 +97,7 @@ def fused_kernel(kept_ptr, idx_ptr, cache_ptr, out_ptr, K, C, hc, wc, h, w, BLOC
     pos = (row % n_pb) * BLOCK_P + tl.arange(0, BLOCK_P)
     valid = pos < h * w
     slot = tl.zeros((BLOCK_P,), dtype=tl.int32) - 1
-    for t in range(K_TILES):  # K is static per graph, so the trip count is compiled in
+    for t in range(K_TILES):  # a compile-time trip count (Triton 3.6's interpreter cannot loop to a runtime bound)
         ks = t * BLOCK_K + tl.arange(0, BLOCK_K)
         idx = tl.load(idx_ptr + b.to(tl.int64) * K + ks, mask=ks < K, other=-1).to(tl.int32)
         hit = pos[:, None] == idx[None, :]
@@ -116,14 +116,44 @@ def fused_kernel(kept_ptr, idx_ptr, cache_ptr, out_ptr, K, C, hc, wc, h, w, BLOC
             acc += tl.load(ptrs, mask=inside[:, None] & cmask[None, :], other=0.0).to(tl.float32)
     count = ((eh - sh) * (ew - sw)).to(tl.float32)
     area = tl.math.div_rn(acc, count[:, None] + tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32))
-    if out_ptr.dtype.element_ty == tl.bfloat16:
+    dtype = cache_ptr.dtype.element_ty
+    if dtype == tl.bfloat16:
         area = _round_bf16(area)
     is_kept = slot >= 0
     kept_ptrs = kept_ptr + (b.to(tl.int64) * K + tl.maximum(slot, 0).to(tl.int64))[:, None] * C + cols[None, :]
     kept_val = tl.load(kept_ptrs, mask=(is_kept & valid)[:, None] & cmask[None, :], other=0.0)
-    val = tl.where(is_kept[:, None], kept_val.to(out_ptr.dtype.element_ty), area.to(out_ptr.dtype.element_ty))
-    out_ptrs = out_ptr + (b.to(tl.int64) * h * w + pos)[:, None] * C + cols[None, :]
-    tl.store(out_ptrs, val, mask=valid[:, None] & cmask[None, :])
+    val = tl.where(is_kept[:, None], kept_val.to(dtype), area.to(dtype))
+    offsets = (b.to(tl.int64) * h * w + pos)[:, None] * C + cols[None, :]
+    return val, offsets, valid[:, None] & cmask[None, :]
+
+
+@triton.jit
+def fused_kernel(kept_ptr, idx_ptr, cache_ptr, K, C, hc, wc, h, w, out_ptr, BLOCK_P: tl.constexpr,
+                 BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                 K_TILES: tl.constexpr):
+    """One launch, one write per output element (what an ahead-of-time TensorRT plugin needs: a single
+    kernel). Parameters are in the order a TensorRT AOT plugin launch passes them: inputs, scalars,
+    outputs. Only the window bounds KH/KW and K_TILES >= ceil(K / BLOCK_K) are compiled in; K and C are
+    runtime scalars."""
+    val, offsets, mask = _restored_tile(kept_ptr, idx_ptr, cache_ptr, K, C, hc, wc, h, w, BLOCK_P, BLOCK_K,
+                                        BLOCK_C, KH, KW, K_TILES)
+    tl.store(out_ptr + offsets, val.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def fused_add_kernel(res_ptr, kept_ptr, idx_ptr, cache_ptr, K, C, hc, wc, h, w, out_ptr, BLOCK_P: tl.constexpr,
+                     BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                     K_TILES: tl.constexpr):
+    """``out = residual + restore(...)`` in one pass (FastVARRestoreAdd): the restored value, rounded to the
+    cache's dtype, is widened to the residual's dtype and added there, as torch's type promotion does. The
+    restored map is never written."""
+    val, offsets, mask = _restored_tile(kept_ptr, idx_ptr, cache_ptr, K, C, hc, wc, h, w, BLOCK_P, BLOCK_K,
+                                        BLOCK_C, KH, KW, K_TILES)
+    dtype = out_ptr.dtype.element_ty
+    total = tl.load(res_ptr + offsets, mask=mask, other=0.0).to(tl.float32) + val.to(tl.float32)
+    if dtype == tl.bfloat16:  # one rounding of the exact fp32 sum, to nearest even (as torch and GPUs do)
+        total = _round_bf16(total)
+    tl.store(out_ptr + offsets, total.to(dtype), mask=mask)
 
 
 FUSED_BLOCKS = {"BLOCK_P": 16, "BLOCK_K": 64, "BLOCK_C": 64}
@@ -142,9 +172,31 @@ def restore_triton_fused(kept: torch.Tensor, kept_idx: torch.Tensor, cache: torc
         out = torch.empty((b, h * w, c), dtype=cache.dtype, device=cache.device)
     k = kept.shape[1]
     grid = (b * triton.cdiv(h * w, FUSED_BLOCKS["BLOCK_P"]), triton.cdiv(c, FUSED_BLOCKS["BLOCK_C"]))
-    fused_kernel[grid](kept.to(cache.dtype).contiguous(), kept_idx.contiguous(), cache.contiguous(), out, k, c,
-                       hc, wc, h, w, KH=max_window(hc, h), KW=max_window(wc, w),
+    fused_kernel[grid](kept.to(cache.dtype).contiguous(), kept_idx.contiguous(), cache.contiguous(), k, c,
+                       hc, wc, h, w, out, KH=max_window(hc, h), KW=max_window(wc, w),
                        K_TILES=triton.cdiv(k, FUSED_BLOCKS["BLOCK_K"]), **FUSED_BLOCKS)
+    return out
+
+
+def restore_add_triton_fused(residual: torch.Tensor, kept: torch.Tensor, kept_idx: torch.Tensor,
+                             cache: torch.Tensor, cache_hw: tuple[int, int], out_hw: tuple[int, int],
+                             out: torch.Tensor | None = None) -> torch.Tensor:
+    """``residual + restore(...)`` in one launch (the FastVARRestoreAdd plugin's kernel); ``out`` may alias
+    ``residual`` (each element is read before it is written, by the same program)."""
+    b, lc, c = cache.shape
+    (hc, wc), (h, w) = cache_hw, out_hw
+    if lc != hc * wc or kept.shape[:2] != kept_idx.shape or kept.shape[2] != c or residual.shape != (b, h * w, c):
+        raise ValueError(f"shapes disagree: residual {tuple(residual.shape)}, kept {tuple(kept.shape)}, kept_idx "
+                         f"{tuple(kept_idx.shape)}, cache {tuple(cache.shape)} for grids {cache_hw} -> {out_hw}")
+    dtype = torch.promote_types(residual.dtype, cache.dtype)
+    residual = residual.to(dtype).contiguous()
+    if out is None:
+        out = torch.empty_like(residual)
+    k = kept.shape[1]
+    grid = (b * triton.cdiv(h * w, FUSED_BLOCKS["BLOCK_P"]), triton.cdiv(c, FUSED_BLOCKS["BLOCK_C"]))
+    fused_add_kernel[grid](residual, kept.to(cache.dtype).contiguous(), kept_idx.contiguous(), cache.contiguous(), k,
+                           c, hc, wc, h, w, out, KH=max_window(hc, h), KW=max_window(wc, w),
+                           K_TILES=triton.cdiv(k, FUSED_BLOCKS["BLOCK_K"]), **FUSED_BLOCKS)
     return out
 
 
@@ -174,29 +226,53 @@ def restore_triton(kept: torch.Tensor, kept_idx: torch.Tensor, cache: torch.Tens
 
 
 SIGNATURES = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
+INDEX_SIGNATURES = {"int64": "*i64", "int32": "*i32"}
+FUSED_ARGS = ("kept_ptr", "idx_ptr", "cache_ptr", "K", "C", "hc", "wc", "h", "w", "out_ptr")
+
+
+def _source(fn, constexprs: dict[str, int], signature: dict[str, str]):
+    from triton.compiler import ASTSource
+
+    return ASTSource(fn=fn, constexprs=constexprs, signature={**signature, **dict.fromkeys(constexprs, "constexpr")})
+
+
+def compile_fused(cache_hw: tuple[int, int], out_hw: tuple[int, int], dtype: str = "float32", arch: int = 90,
+                  index_dtype: str = "int64", max_kept: int | None = None, residual_dtype: str | None = None):
+    """The fused kernel compiled ahead of time for ``sm_{arch}`` (no GPU needed): Triton's compiled kernel,
+    with ``asm["ptx"]`` and ``metadata`` (name, num_warps, shared). One compile serves any B and C, and any
+    K up to ``max_kept`` (default: every position, out_h * out_w). With ``residual_dtype``: the fused-add
+    kernel (FastVARRestoreAdd), whose residual and output have that dtype."""
+    from triton.backends.compiler import GPUTarget
+
+    if dtype not in SIGNATURES or index_dtype not in INDEX_SIGNATURES or (residual_dtype or dtype) not in SIGNATURES:
+        raise ValueError(f"FastVARRestore kernel: dtype {dtype!r} / index dtype {index_dtype!r} not supported; "
+                         f"accepted: {', '.join(SIGNATURES)} / {', '.join(INDEX_SIGNATURES)}")
+    ptr = SIGNATURES[dtype]
+    kh, kw = max_window(cache_hw[0], out_hw[0]), max_window(cache_hw[1], out_hw[1])
+    types = dict(zip(FUSED_ARGS, (ptr, INDEX_SIGNATURES[index_dtype], ptr, *["i32"] * 6, ptr), strict=True))
+    fn = fused_kernel
+    if residual_dtype is not None:
+        fn = fused_add_kernel
+        types = {"res_ptr": SIGNATURES[residual_dtype], **types, "out_ptr": SIGNATURES[residual_dtype]}
+    tiles = triton.cdiv(max_kept or out_hw[0] * out_hw[1], FUSED_BLOCKS["BLOCK_K"])
+    src = _source(fn, {**FUSED_BLOCKS, "KH": kh, "KW": kw, "K_TILES": tiles}, types)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32))
 
 
 def compile_ptx(cache_hw: tuple[int, int], out_hw: tuple[int, int], dtype: str = "float32", arch: int = 90,
-                index_dtype: str = "int64", kept: int = 1024) -> dict[str, str]:
-    """PTX of both kernels for ``sm_{arch}`` and one grid pair (the window bounds are compiled in), made
+                index_dtype: str = "int64") -> dict[str, str]:
+    """PTX of the three kernels for ``sm_{arch}`` and one grid pair (the window bounds are compiled in), made
     without a GPU: Triton's compiler targets any architecture."""
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
     ptr = SIGNATURES[dtype]
-    idx = "*i64" if index_dtype == "int64" else "*i32"
     target = GPUTarget("cuda", arch, 32)
     kh, kw = max_window(cache_hw[0], out_hw[0]), max_window(cache_hw[1], out_hw[1])
-    area = ASTSource(fn=area_kernel, constexprs={"BLOCK": BLOCK_C, "KH": kh, "KW": kw},
-                     signature={"cache_ptr": ptr, "out_ptr": ptr, "C": "i32", "hc": "i32", "wc": "i32", "h": "i32",
-                                "w": "i32", "BLOCK": "constexpr", "KH": "constexpr", "KW": "constexpr"})
-    scatter = ASTSource(fn=scatter_kernel, constexprs={"BLOCK": BLOCK_C},
-                        signature={"kept_ptr": ptr, "idx_ptr": idx, "out_ptr": ptr, "K": "i32", "C": "i32",
-                                   "L": "i32", "BLOCK": "constexpr"})
-    tiles = triton.cdiv(kept, FUSED_BLOCKS["BLOCK_K"])
-    fused = ASTSource(fn=fused_kernel, constexprs={**FUSED_BLOCKS, "KH": kh, "KW": kw, "K_TILES": tiles},
-                      signature={"kept_ptr": ptr, "idx_ptr": idx, "cache_ptr": ptr, "out_ptr": ptr, "K": "i32",
-                                 "C": "i32", "hc": "i32", "wc": "i32", "h": "i32", "w": "i32",
-                                 **dict.fromkeys([*FUSED_BLOCKS, "KH", "KW", "K_TILES"], "constexpr")})
-    return {name: triton.compile(src, target=target).asm["ptx"]
-            for name, src in (("area", area), ("scatter", scatter), ("fused", fused))}
+    area = _source(area_kernel, {"BLOCK": BLOCK_C, "KH": kh, "KW": kw},
+                   {"cache_ptr": ptr, "out_ptr": ptr, "C": "i32", "hc": "i32", "wc": "i32", "h": "i32", "w": "i32"})
+    scatter = _source(scatter_kernel, {"BLOCK": BLOCK_C},
+                      {"kept_ptr": ptr, "idx_ptr": INDEX_SIGNATURES[index_dtype], "out_ptr": ptr, "K": "i32",
+                       "C": "i32", "L": "i32"})
+    out = {name: triton.compile(src, target=target).asm["ptx"] for name, src in (("area", area), ("scatter", scatter))}
+    out["fused"] = compile_fused(cache_hw, out_hw, dtype, arch, index_dtype).asm["ptx"]
+    return out

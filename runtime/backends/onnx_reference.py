@@ -43,7 +43,15 @@ def _restore_op():
                  plugin_namespace=None, plugin_version=None):
             return (restore_np(kept, kept_idx, cache, (cache_h, cache_w), (out_h, out_w)),)
 
-    return FastVARRestore
+    class FastVARRestoreAdd(OpRun):
+        op_domain = "fastvar"
+
+        def _run(self, residual, kept, kept_idx, cache, cache_h=None, cache_w=None, out_h=None, out_w=None,
+                 plugin_namespace=None, plugin_version=None):
+            restored = restore_np(kept, kept_idx, cache, (cache_h, cache_w), (out_h, out_w))
+            return ((residual + restored.astype(residual.dtype)).astype(residual.dtype),)
+
+    return FastVARRestore, FastVARRestoreAdd
 
 
 def _gather_elements_op():
@@ -96,7 +104,7 @@ class OnnxReferenceBackend:
         self.text_len = art.data["text_len"]
         self.weights = {k: to_numpy(v) for k, v in read_store(art.weight_path()).items()}
         ops = [_gather_elements_op(), *_fp32_accumulating_ops(),
-               *([_restore_op()] if art.data["restore_op"] == "custom" else [])]
+               *(_restore_op() if art.has_plugin_nodes else ())]
         self.graphs = {name: ReferenceEvaluator(onnx.load(str(art.graph_path(name))), new_ops=ops)
                        for name in art.run_graphs()}
         self.cond: dict[str, torch.Tensor] = {}

@@ -19,6 +19,7 @@ from fastvar.export.graphs import TORCH_DTYPES
 from fastvar.export.schedules import StepPlan
 from fastvar.export.weight_store import read_store
 from fastvar.manifest import Artifact, ArtifactError
+from fastvar.runtime.backends.feeds import new_kv_block, step_feeds
 from fastvar.runtime.kv_cache import KVCache
 
 _NP = {torch.float32: np.float32, torch.int64: np.int64, torch.bool: np.bool_, torch.float16: np.float16,
@@ -54,7 +55,7 @@ class _Session:
             # reordered copy beside them (2.7x the weights measured). Extended fusions without it: 1x.
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         source: str | bytes = str(art.graph_path(name))
-        if art.data["restore_op"] == "custom" and rec["kind"] == "step":
+        if art.has_plugin_nodes and rec["kind"] == "step":
             from fastvar.plugins.restore.ort_op import for_onnxruntime, session_options
 
             source = for_onnxruntime(onnx.load(source)).SerializeToString()
@@ -166,29 +167,14 @@ class OnnxRuntimeBackend:
         s = self.sessions.get(f"step_{st.index:02d}")
         if s is None:
             raise ArtifactError(f"{self.art.root} has no graph for step {st.index}")
-        feeds = {"gss": self.cond["gss"], "head_scale": self.cond["head_scale"],
-                 "head_shift": self.cond["head_shift"], "text_mask": self.cond["text_mask"],
-                 "inv_tau": torch.tensor(inv_tau, dtype=torch.float32, device=self.torch_device),
-                 "noise": noise.to(self.torch_device, torch.float32).contiguous()}
-        if "cfg_scale" in s.inputs:
-            feeds["cfg_scale"] = torch.tensor(cfg, dtype=torch.float32, device=self.torch_device)
-        if st.index == 0:
-            feeds["sos"] = self.cond["sos"]
-        else:
-            feeds["codes"] = codes_in.to(self.torch_device, torch.float32).contiguous()
-        for i in range(self.depth):
-            feeds[f"ca_k_{i}"], feeds[f"ca_v_{i}"] = self.cond[f"ca_k_{i}"], self.cond[f"ca_v_{i}"]
-            if f"past_k_{i}" in s.inputs:
-                feeds[f"past_k_{i}"], feeds[f"past_v_{i}"] = self.kv.past(i)
-        for name in s.inputs:
-            if name.startswith("cache_"):
-                feeds[name] = self.caches[name]
+        feeds = step_feeds(s.inputs, self.cond, self.kv, self.caches, st.index, codes_in, cfg, inv_tau, noise,
+                           self.torch_device)
         for name, t in feeds.items():
             s.bind_input(name, t)
         slices = {}
         for name in s.outputs:
-            if name.startswith("new_"):
-                i = int(name.rsplit("_", 1)[1])
+            i = new_kv_block(name)
+            if i is not None:
                 n = s.outputs[name]["shape"][0]
                 slices[i] = self.kv.reserve(i, n)
                 s.bind_output(name, slices[i][0] if name.startswith("new_k") else slices[i][1])

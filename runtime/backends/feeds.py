@@ -1,0 +1,46 @@
+"""What a step graph is fed, the same for every graph backend (ONNX Runtime, TensorRT).
+
+The conditioning outputs, the KV prefixes, the restore caches and the per-call scalars are matched to a
+step graph's inputs by name; a graph takes only what its step needs (step 0 has no past, only pruned
+steps take restore caches, a graph without guidance has no ``cfg_scale``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastvar.runtime.kv_cache import KVCache
+
+CONDITION_FEEDS = ("gss", "head_scale", "head_shift", "text_mask")
+
+
+def step_feeds(inputs: dict, cond: dict[str, torch.Tensor], kv: KVCache, caches: dict[str, torch.Tensor],
+               index: int, codes_in: torch.Tensor | None, cfg: float, inv_tau: float, noise: torch.Tensor,
+               device: torch.device, host_values: bool = False) -> dict[str, torch.Tensor]:
+    """Every input of one step graph (``inputs``: its name -> spec table), weights excepted.
+
+    ``host_values``: leave the scalars and the noise on the host (a backend that stages them into device
+    buffers asynchronously; creating them on a GPU here would wait for the stream)."""
+    values = torch.device("cpu") if host_values else device
+    feeds = {name: cond[name] for name in CONDITION_FEEDS}
+    feeds["inv_tau"] = torch.tensor(inv_tau, dtype=torch.float32, device=values)
+    feeds["noise"] = noise.to(values, torch.float32).contiguous()
+    if "cfg_scale" in inputs:
+        feeds["cfg_scale"] = torch.tensor(cfg, dtype=torch.float32, device=values)
+    if index == 0:
+        feeds["sos"] = cond["sos"]
+    else:
+        feeds["codes"] = codes_in.to(device, torch.float32).contiguous()
+    for name in inputs:
+        if name.startswith(("ca_k_", "ca_v_")):
+            feeds[name] = cond[name]
+        elif name.startswith("past_k_"):
+            feeds[name], feeds["past_v_" + name[len("past_k_"):]] = kv.past(int(name.rsplit("_", 1)[1]))
+        elif name.startswith("cache_"):
+            feeds[name] = caches[name]
+    return feeds
+
+
+def new_kv_block(name: str) -> int | None:
+    """The block whose new K or V an output holds (``new_k_3`` -> 3), None for other outputs."""
+    return int(name.rsplit("_", 1)[1]) if name.startswith(("new_k_", "new_v_")) else None

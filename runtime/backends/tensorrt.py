@@ -1,0 +1,368 @@
+"""The TensorRT backend: the engines ``fastvar-build`` made, chained on one CUDA stream.
+
+- Weights: the store is loaded once onto the device and every engine's weight inputs point at those
+  buffers (``set_tensor_address``); no engine holds a transformer weight of its own.
+- KV cache: allocated once for the backend's life; a step's ``past_*`` inputs point at each block's
+  prefix and its ``new_*`` outputs at the slice right after it, so the engine writes in place.
+- Activations: every context is created ``USER_MANAGED`` and given the same scratch buffer, sized for the
+  largest engine (they run one after another on one stream).
+- Fixed addresses: conditioning outputs, restore caches, logits and bits live in buffers owned here and
+  per-call inputs (noise, codes, scalars) are copied into owned buffers, so every step's bindings are the
+  same on every image and a CUDA graph captured once per step replays (AOT plugin engines only: a JIT
+  plugin calls back into Python).
+- Sampling happens in the step engines (``bits`` output); the chain keeps codes on the device, so
+  nothing waits for the host between steps. NVTX ranges name each engine; CUDA events time it.
+
+Every engine's compatibility record is checked against this machine before anything is deserialized,
+and its I/O against the manifest's graph, with every reason given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+import torch
+
+from fastvar.compat import EngineRecord, Machine, mismatches
+from fastvar.export.graphs import TORCH_DTYPES
+from fastvar.export.schedules import StepPlan
+from fastvar.export.weight_store import read_store
+from fastvar.manifest import Artifact, ArtifactError, sha256_file
+from fastvar.runtime.backends.feeds import new_kv_block, step_feeds
+from fastvar.runtime.kv_cache import KVCache
+
+PER_CALL = ("text", "text_lengths", "codes", "noise", "inv_tau", "cfg_scale")
+
+
+def _trt_dtypes(trt) -> dict:
+    return {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16,
+            trt.int64: torch.int64, trt.int32: torch.int32, trt.uint8: torch.uint8, trt.bool: torch.bool}
+
+
+class _Logger:
+    def __init__(self, trt) -> None:
+        sink = self
+
+        class Collect(trt.ILogger):
+            def __init__(inner):
+                trt.ILogger.__init__(inner)
+
+            def log(inner, severity, msg):
+                if severity in (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR):
+                    sink.errors.append(str(msg))
+
+        self.errors: list[str] = []
+        self.logger = Collect()
+
+
+class _Engine:
+    """One engine: its context, its owned buffers and the addresses bound to it."""
+
+    def __init__(self, backend: TensorRTBackend, name: str, rec: dict) -> None:
+        trt = backend.trt
+        self.name, self.rec, self.backend = name, rec, backend
+        self.graph_rec = backend.art.graph(name)
+        path = backend.art.root / rec["path"]
+        if not path.is_file():
+            raise ArtifactError(f"{name}: engine {path} is missing; run fastvar-build {backend.art.root}")
+        if sha256_file(path) != rec["sha256"]:
+            raise ArtifactError(f"{name}: {path} does not match its recorded sha256; rebuild with fastvar-build")
+        backend.sink.errors.clear()
+        self.engine = backend.runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise ArtifactError(f"{name}: TensorRT could not load {path}: " + "; ".join(backend.sink.errors))
+        self._check_io(trt)
+        self.context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        self.inputs = {t["name"]: t for t in self.graph_rec["inputs"]}
+        self.outputs = {t["name"]: t for t in self.graph_rec["outputs"]}
+        self.bound: dict[str, torch.Tensor] = {}
+        self.owned: dict[str, torch.Tensor] = {}
+        self.staging: dict[str, tuple] = {}  # name -> (pinned host buffer, CUDA event of its last copy)
+        self.cuda_graph = None
+        self.graph_ok = backend.cuda_graphs and rec.get("plugin", {}).get("implementation", "aot") == "aot"
+        self.runs = 0
+        self.events: list = []
+        self.host_seconds = 0.0
+        for w in self.graph_rec.get("weights", []):
+            self.bind(w, backend.weights[w])
+
+    def _check_io(self, trt) -> None:
+        want = {t["name"]: t for t in (*self.graph_rec["inputs"], *self.graph_rec["outputs"])}
+        want.update({w: None for w in self.graph_rec.get("weights", [])})
+        have = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
+        why = []
+        if have != set(want):
+            missing, extra = sorted(set(want) - have), sorted(have - set(want))
+            why.append(f"engine I/O differs from the graph (missing {missing[:5]}, unexpected {extra[:5]})")
+        dtypes = _trt_dtypes(trt)
+        for n in sorted(have & set(want)):
+            spec = want[n]
+            if spec is None:
+                continue
+            shape = tuple(self.engine.get_tensor_shape(n))
+            dtype = dtypes.get(self.engine.get_tensor_dtype(n))
+            if shape != tuple(spec["shape"]) or dtype != TORCH_DTYPES[spec["dtype"]]:
+                why.append(f"{n} is {shape} {dtype} in the engine, {tuple(spec['shape'])} {spec['dtype']} in the graph")
+        if why:
+            raise ArtifactError(f"{self.name}: the engine was not built from this graph: " + "; ".join(why)
+                                + f". Rebuild with fastvar-build {self.backend.art.root} --force")
+
+    def bind(self, name: str, t: torch.Tensor) -> None:
+        """Point ``name`` at ``t`` (no copy); a changed address drops the captured graph."""
+        if not t.is_contiguous():
+            raise ArtifactError(f"{self.name}: {name} is not contiguous; binding it would need a copy")
+        old = self.bound.get(name)
+        if old is not None and old.data_ptr() == t.data_ptr():
+            self.bound[name] = t
+            return
+        if not self.context.set_tensor_address(name, t.data_ptr()):
+            raise ArtifactError(f"{self.name}: TensorRT refused the address of {name}")
+        self.bound[name] = t
+        self.cuda_graph = None
+
+    def feed(self, name: str, t: torch.Tensor) -> None:
+        """Per-call inputs are copied into a buffer owned here (a fixed address); the rest are bound."""
+        spec = self.inputs[name]
+        if list(t.shape) != spec["shape"] or t.dtype != TORCH_DTYPES[spec["dtype"]]:
+            raise ArtifactError(f"{self.name}: input {name} is {tuple(t.shape)} {t.dtype}, the engine takes "
+                                f"{tuple(spec['shape'])} {spec['dtype']}")
+        if name in PER_CALL:
+            if name not in self.owned:
+                self.owned[name] = torch.empty_like(t, device=self.backend.device)
+            self._stage(name, t)
+            t = self.owned[name]
+        self.bind(name, t)
+
+    def _stage(self, name: str, t: torch.Tensor) -> None:
+        """Copy ``t`` into the owned buffer without making the host wait for the stream: a host tensor goes
+        through a pinned staging buffer (reused once its previous copy has left it)."""
+        dst = self.owned[name]
+        if not (self.backend.on_cuda and t.device.type == "cpu"):
+            dst.copy_(t, non_blocking=True)
+            return
+        if name not in self.staging:
+            self.staging[name] = (torch.empty_like(t).pin_memory(), torch.cuda.Event())
+        buf, copied = self.staging[name]
+        copied.synchronize()  # the copy out of this buffer one image ago: long done, in steady state
+        buf.copy_(t)
+        dst.copy_(buf, non_blocking=True)
+        copied.record(self.backend.stream)
+
+    def output(self, name: str, t: torch.Tensor | None = None) -> torch.Tensor:
+        if t is None:
+            if name not in self.owned:
+                spec = self.outputs[name]
+                self.owned[name] = torch.empty(spec["shape"], dtype=TORCH_DTYPES[spec["dtype"]],
+                                               device=self.backend.device)
+            t = self.owned[name]
+        self.bind(name, t)
+        return t
+
+    def run(self) -> dict[str, torch.Tensor]:
+        b = self.backend
+        missing = [n for n in (*self.inputs, *self.outputs) if n not in self.bound]
+        if missing:
+            raise ArtifactError(f"{self.name}: nothing bound to {', '.join(missing)}")
+        t0 = time.perf_counter()
+        if b.on_cuda:
+            torch.cuda.nvtx.range_push(self.name)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record(b.stream)
+        if self.cuda_graph is not None:
+            self.cuda_graph.replay()
+        else:
+            self._execute()
+            if self.graph_ok and b.on_cuda:
+                self._capture()
+        if b.on_cuda:
+            end.record(b.stream)
+            self.events.append((start, end))
+            torch.cuda.nvtx.range_pop()
+        self.host_seconds += time.perf_counter() - t0
+        self.runs += 1
+        return {n: self.bound[n] for n in self.outputs}
+
+    def _execute(self) -> None:
+        b = self.backend
+        b.sink.errors.clear()
+        if not self.context.execute_async_v3(b.stream_handle):
+            raise ArtifactError(f"{self.name}: execute_async_v3 failed: " + "; ".join(b.sink.errors))
+
+    def _capture(self) -> None:
+        """Capture this engine's launch once its bindings are final (after one uncaptured run, as TensorRT
+        needs); later calls replay it."""
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, stream=self.backend.stream):
+            self._execute()
+        self.cuda_graph = g
+
+    def seconds(self) -> float:
+        """Device time inside this engine (CUDA events) or host time without CUDA."""
+        if not self.backend.on_cuda:
+            return self.host_seconds
+        self.backend.stream.synchronize()
+        return sum(s.elapsed_time(e) for s, e in self.events) / 1000.0
+
+
+class TensorRTBackend:
+    name = "tensorrt"
+
+    def __init__(self, art: Artifact, device: str = "cuda", cuda_graphs: bool = True, trt=None,
+                 graphs: list[str] | None = None) -> None:
+        from fastvar.builder.engine_builder import device_compute_capability, import_tensorrt
+
+        self.trt = trt = trt or import_tensorrt()
+        self.art = art
+        self.device = torch.device(device)
+        self.on_cuda = self.device.type == "cuda"
+        self.cuda_graphs = cuda_graphs
+        engines = art.data.get("engines") or {}
+        names = graphs or art.run_graphs()
+        unbuilt = [n for n in names if n not in engines]
+        if unbuilt:
+            raise ArtifactError(f"{art.root}: no engine for {', '.join(unbuilt)}; run fastvar-build {art.root}")
+        stale = [n for n in names if engines[n].get("graph_key") != art.graph(n)["key"]]
+        if stale:
+            raise ArtifactError(f"{art.root}: the engines of {', '.join(stale)} were built from older graphs; "
+                                f"run fastvar-build {art.root}")
+        cc = device_compute_capability() if self.on_cuda else engines[names[0]]["compute_capability"]
+        self.check_machine(art, names, trt.__version__, cc)
+        if any(engines[n].get("plugin", {}).get("implementation") == "jit" for n in names):
+            from fastvar.plugins.restore.trt_plugin import register
+
+            register(int(cc.replace(".", "")))
+        self.sink = _Logger(trt)
+        self.runtime = trt.Runtime(self.sink.logger)
+        if self.on_cuda:
+            self.stream = torch.cuda.Stream(self.device)
+            self.stream_handle = self.stream.cuda_stream
+        else:
+            self.stream, self.stream_handle = None, 0
+        host = read_store(art.weight_path())
+        self.weights = {k: v.to(self.device) for k, v in host.items()}
+        self.weight_bytes = sum(t.numel() * t.element_size() for t in self.weights.values())
+        self.engines = {n: _Engine(self, n, engines[n]) for n in names}
+        size = max(e.engine.device_memory_size_v2 for e in self.engines.values())
+        self.scratch = torch.empty(max(size, 1), dtype=torch.uint8, device=self.device)
+        for e in self.engines.values():
+            e.context.set_device_memory(self.scratch.data_ptr(), size)
+        self.plan = art.plan()
+        cfg = art.data["model"]["config"]
+        self.depth = cfg["depth"]
+        self.text_len, self.guidance = art.data["text_len"], art.data["guidance"]
+        cond = self.engines["condition"]
+        self.cond = {n: cond.output(n) for n in cond.outputs}
+        self.kv = KVCache(self.plan, self.depth, self.cond["gss"].shape[0], cfg["heads"], cfg["head_dim"],
+                          self.cond["ca_k_0"].dtype, self.device)
+        self.caches: dict[str, torch.Tensor] = {}
+        self._kept: dict[int, dict[str, torch.Tensor]] = {}
+
+    @staticmethod
+    def check_machine(art: Artifact, names: list[str], trt_version: str, cc: str) -> None:
+        """Refuse, with every reason per engine, what this TensorRT and GPU cannot load."""
+        import onnx
+
+        from fastvar.plugins.restore.trt_plugin import plugin_fingerprint
+
+        why = []
+        for n in names:
+            rec = EngineRecord.from_dict(art.data["engines"][n])
+            current = {}
+            if rec.plugin.get("ptx_sha256") and rec.compute_capability == cc and _has_triton():
+                model = onnx.load(str(art.graph_path(n)), load_external_data=False)
+                current = {cc: plugin_fingerprint(model, int(cc.replace(".", ""))).get("ptx_sha256", "")}
+            elif rec.plugin.get("ptx_sha256"):
+                current = {rec.compute_capability: rec.plugin["ptx_sha256"]}  # the plan embeds its own PTX
+            why += [f"{n}: {w}" for w in mismatches(rec, Machine(trt_version, cc, current))]
+        if why:
+            raise ArtifactError(f"{art.root}: engines do not match this machine: " + "; ".join(why)
+                                + f". Rebuild them here with fastvar-build {art.root}")
+
+    def graph_seconds(self, kinds: tuple[str, ...] = ("condition", "step")) -> float:
+        return sum(e.seconds() for e in self.engines.values() if e.graph_rec["kind"] in kinds)
+
+    @contextlib.contextmanager
+    def on_stream(self):
+        """Run on the backend's stream, ordered after the caller's stream (whose work made the inputs) and
+        before it (which reads the outputs): device-side waits, no host synchronisation. No-op without CUDA."""
+        if not self.on_cuda:
+            yield
+            return
+        caller = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(caller)
+        with torch.cuda.stream(self.stream):
+            yield
+        caller.wait_stream(self.stream)
+
+    def start(self, text: torch.Tensor, lengths: torch.Tensor, cfg_active: bool) -> None:
+        if cfg_active != self.guidance:
+            raise ArtifactError("this artifact was exported " + ("with" if self.guidance else "without")
+                                + " classifier-free guidance; " + ("cfg must be != 1 to use it" if self.guidance
+                                                                   else "run it with --cfg 1"))
+        b, lt, d = text.shape
+        if lt > self.text_len:
+            raise ArtifactError(f"the text has {lt} tokens; this artifact's text bucket holds {self.text_len} "
+                                "(re-export with a larger --text-len)")
+        padded = torch.zeros((b, self.text_len, d), dtype=torch.float32)
+        padded[:, :lt] = text
+        e = self.engines["condition"]
+        with self.on_stream():
+            e.feed("text", padded)
+            e.feed("text_lengths", lengths.to(torch.int64).contiguous())
+            e.run()
+        self.kv.length = [0] * self.depth
+        self._kept = {}
+
+    def step(self, st: StepPlan, codes_in: torch.Tensor | None, cfg: float, inv_tau: float,
+             write_kv: bool, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        e = self.engines.get(f"step_{st.index:02d}")
+        if e is None:
+            raise ArtifactError(f"{self.art.root} has no engine for step {st.index}")
+        with self.on_stream():
+            feeds = step_feeds(e.inputs, self.cond, self.kv, self.caches, st.index, codes_in, cfg, inv_tau, noise,
+                               self.device, host_values=True)
+            for name, t in feeds.items():
+                e.feed(name, t)
+            written = {}
+            for name in e.outputs:
+                i = new_kv_block(name)
+                if i is None:
+                    e.output(name)
+                    continue
+                n = e.outputs[name]["shape"][0]
+                k, v = self.kv.reserve(i, n)
+                e.output(name, k if name.startswith("new_k") else v)
+                written[i] = n
+            out = e.run()
+        for i, n in written.items():
+            self.kv.commit(i, n)
+        for name, t in out.items():
+            if name.startswith("cache_"):
+                self.caches[name] = t
+        kept = {n: t.clone() for n, t in out.items() if n.startswith("kept_")}  # device copies: no host sync
+        if kept:
+            self._kept[st.index] = kept
+        return out["logits"], out["bits"]
+
+    @property
+    def kept_sets(self) -> dict[int, dict[str, np.ndarray]]:
+        """Kept indices of the pruned steps of the last image (parity checks read them after a run)."""
+        return {i: {n: t.cpu().numpy() for n, t in sets.items()} for i, sets in self._kept.items()}
+
+    def decode(self, summed: torch.Tensor) -> torch.Tensor:
+        e = self.engines["decoder"]
+        with self.on_stream():
+            e.feed("codes", summed.to(self.device, torch.float32).contiguous())
+            image = e.output("image")
+            e.run()
+        if self.on_cuda:
+            self.stream.synchronize()
+        return image
+
+
+def _has_triton() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
