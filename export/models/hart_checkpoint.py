@@ -1,0 +1,251 @@
+"""Loading HART checkpoints in upstream's layout strictly, and writing that layout (tests, demos).
+
+Upstream ships ``hart-0.7b-1024px/llm/`` (a Hugging Face ``PreTrainedModel`` folder: ``config.json`` with
+``model_type = "hart_transformer_t2i"`` and the weights, plus ``ema_model.bin``, a plain state dict that
+sample.py loads over the model with ``load_state_dict``, strict) and ``hart-0.7b-1024px/tokenizer/``
+(``HARTAutoEncoderWithDisc``: ``vae.*`` and ``disc.*`` keys), found as the sibling of ``llm/``. Weights
+are read as safetensors (single or sharded) or as pickles with ``weights_only=True`` only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fastvar.atomic import atomic_path
+from fastvar.export.models.checkpoint import CheckpointError, _check_strict, read_state_dict, save_state_dict
+from fastvar.export.models.hart import HART, UNUSED_BUFFERS
+from fastvar.export.models.hart_config import (
+    HF_MODEL_TYPE,
+    HF_TOKENIZER_TYPE,
+    HARTConfig,
+    HARTTokenizerConfig,
+    from_hf_config,
+    tokenizer_from_hf_config,
+    tokenizer_to_hf_config,
+    unsupported,
+)
+from fastvar.export.models.hart_tokenizer import HARTTokenizer
+
+EMA_FILE = "ema_model.bin"
+# Weight files of a Hugging Face folder, in the order from_pretrained prefers them.
+WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
+                "pytorch_model.bin")
+# Tokenizer keys (after the ``vae.`` prefix) that decoding never reads.
+_TOKENIZER_IGNORED = ("encoder.", "quant_conv.", "quantize.ema_vocab_hit_SV", "decoder2.", "post_quant_conv2.")
+
+
+def read_hf_config(folder: str | os.PathLike, model_type: str) -> dict:
+    """``config.json`` of a checkpoint folder, checked to be the expected upstream model type."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder {folder} does not exist (expected upstream's HF layout: "
+                              "a folder with config.json and the weights)")
+    path = folder / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"{folder} has no config.json; a HART checkpoint folder holds config.json "
+                              f"(model_type {model_type!r}) next to its weights")
+    try:
+        hf = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{path} holds a {type(hf).__name__}, not a JSON object")
+    found = hf.get("model_type")
+    if found != model_type:
+        raise CheckpointError(f"{path} has model_type {found!r}; expected {model_type!r}")
+    return hf
+
+
+def _read_index(index: Path) -> dict[str, torch.Tensor]:
+    """A Hugging Face shard index (safetensors or pickle shards): every shard it names, checked complete."""
+    if index.name.endswith(".safetensors.index.json"):
+        return read_state_dict(index)
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{index} is not a shard index (no weight_map: {err})") from None
+    sd: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        path = index.parent / shard
+        if not path.exists():
+            raise CheckpointError(f"shard {path} named by {index.name} is missing")
+        sd.update(read_state_dict(path))
+    missing = sorted(set(weight_map) - set(sd))
+    if missing:
+        raise CheckpointError(f"the shards lack {len(missing)} keys their index names, e.g. {missing[:3]}")
+    return sd
+
+
+def read_hf_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """The weights of a Hugging Face folder and the file they came from."""
+    for name in WEIGHT_FILES:
+        path = folder / name
+        if path.exists():
+            sd = _read_index(path) if name.endswith(".index.json") else read_state_dict(path)
+            return _tensors_only(sd, path), path
+    raise CheckpointError(f"{folder} holds no weights: expected one of {', '.join(WEIGHT_FILES)}")
+
+
+def _tensors_only(sd: Mapping, path: Path) -> dict[str, torch.Tensor]:
+    for k, v in sd.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor (not a state dict)")
+    return dict(sd)
+
+
+def _transformer_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in sd.items() if k not in UNUSED_BUFFERS}
+
+
+def hart_config_from_folder(folder: str | os.PathLike, tokenizer: HARTTokenizerConfig | None = None) -> HARTConfig:
+    """The transformer's config; the codebook size comes from ``tokenizer`` or the sibling ``tokenizer/``."""
+    folder = Path(folder)
+    hf = read_hf_config(folder, HF_MODEL_TYPE)
+    bad = unsupported(hf)
+    if bad:
+        raise CheckpointError(f"{folder / 'config.json'} selects HART branches this reference does not build: "
+                              + "; ".join(bad))
+    if tokenizer is None:
+        sibling = folder.parent / "tokenizer"
+        if (sibling / "config.json").exists():
+            tokenizer = tokenizer_from_hf_config(read_hf_config(sibling, HF_TOKENIZER_TYPE))
+    try:
+        return from_hf_config(hf, tokenizer, name=f"hart-ckpt:{folder.name}")
+    except ValueError as err:
+        raise CheckpointError(f"{folder / 'config.json'}: {err}") from None
+
+
+def load_hart(folder: str | os.PathLike, use_ema: bool = True,
+              tokenizer: HARTTokenizerConfig | None = None) -> HART:
+    """Build the HART the folder's config.json describes and load its weights strictly (fp32).
+
+    As upstream's sample.py: the folder's weights, then, with ``use_ema``, ``ema_model.bin`` over them
+    (both must match the model exactly; unused training buffers are dropped)."""
+    folder = Path(folder)
+    cfg = hart_config_from_folder(folder, tokenizer)
+    with torch.device("meta"):
+        model = HART(cfg)
+    sd, path = read_hf_weights(folder)
+    sd = _transformer_dict(sd)
+    _check_strict(model, sd, f"HART transformer ({path.name})")
+    if use_ema:
+        ema_path = folder / EMA_FILE
+        if not ema_path.exists():
+            raise CheckpointError(f"{folder} has no {EMA_FILE} (use_ema=True loads it over the weights, as "
+                                  "upstream's sample.py does); pass use_ema=False to use the plain weights")
+        sd = _transformer_dict(_tensors_only(read_state_dict(ema_path), ema_path))
+        _check_strict(model, sd, f"HART transformer ({EMA_FILE})")
+    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
+    return model.eval()
+
+
+def _tokenizer_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    prefixed = any(k.startswith("vae.") for k in sd)
+    out = {}
+    for k, v in sd.items():
+        if prefixed:
+            if not k.startswith("vae."):
+                continue  # the discriminator (disc.*)
+            k = k[len("vae."):]
+        if k.startswith(_TOKENIZER_IGNORED):
+            continue
+        out[k] = v
+    return out
+
+
+def load_hart_tokenizer(folder: str | os.PathLike) -> HARTTokenizer:
+    """The decode side of upstream's tokenizer folder, loaded strictly (encoder and discriminator ignored)."""
+    folder = Path(folder)
+    hf = read_hf_config(folder, HF_TOKENIZER_TYPE)
+    try:
+        cfg = tokenizer_from_hf_config(hf)
+    except ValueError as err:
+        raise CheckpointError(f"{folder / 'config.json'}: {err}") from None
+    sd, path = read_hf_weights(folder)
+    sd = _tokenizer_dict(sd)
+    tok = HARTTokenizer(cfg)
+    _check_strict(tok, sd, f"HART tokenizer ({path.name})")
+    tok.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+    return tok.eval()
+
+
+def load_hart_pair(root: str | os.PathLike, use_ema: bool = True) -> tuple[HART, HARTTokenizer]:
+    """Upstream's release folder (``hart-0.7b-1024px``): ``tokenizer/`` first, then ``llm/`` sized by it."""
+    root = Path(root)
+    missing = [name for name in ("llm", "tokenizer") if not (root / name).is_dir()]
+    if missing:
+        raise CheckpointError(f"{root} lacks {' and '.join(f'{m}/' for m in missing)}; upstream's release folder "
+                              "holds llm/ (the transformer) and tokenizer/ (the VQ tokenizer)")
+    tok = load_hart_tokenizer(root / "tokenizer")
+    return load_hart(root / "llm", use_ema=use_ema, tokenizer=tok.cfg), tok
+
+
+# ---- random weights and saving -------------------------------------------------------------------
+
+_NORM_WEIGHTS = ("ln_wo_grad.weight", "decoder_norm.weight", "context_norm.weight", "in_ln.weight")
+
+
+@torch.no_grad()
+def random_init_hart(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Seeded random weights with unit-scale norms and no zero branch (tests, benchmarks)."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in module.named_parameters():
+        shape = p.shape
+        r = torch.randn(shape, generator=g)
+        if name.endswith("scale_mul_1H11"):
+            val = torch.log(torch.full(shape, 4.0)) + 0.1 * r
+        elif name.endswith(_NORM_WEIGHTS) or (p.ndim == 1 and ".norm" in name and name.endswith("weight")):
+            val = 1.0 + 0.05 * r
+        elif p.ndim == 1:
+            val = 0.02 * r
+        else:
+            val = r * (1.0 / p[0].numel()) ** 0.5
+        p.copy_(val.to(p.device, p.dtype))
+    return module
+
+
+def build_random_hart(cfg: HARTConfig, seed: int = 0) -> HART:
+    return random_init_hart(HART(cfg), seed).eval()
+
+
+def build_random_tokenizer(cfg: HARTTokenizerConfig, seed: int = 1) -> HARTTokenizer:
+    return random_init_hart(HARTTokenizer(cfg), seed).eval()
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def save_hart_folder(model: HART, folder: str | os.PathLike, ema: HART | Mapping[str, torch.Tensor] | None = None,
+                     weights: str = "model.safetensors") -> Path:
+    """Write upstream's ``llm/`` layout: config.json, the weights file and ``ema_model.bin`` (when given)."""
+    if weights not in ("model.safetensors", "pytorch_model.bin"):
+        raise ValueError(f"weights file {weights!r}: write model.safetensors or pytorch_model.bin")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(folder / "config.json", model.cfg.to_hf_config())
+    save_state_dict(model, folder / weights)
+    if ema is not None:
+        save_state_dict(ema.state_dict() if isinstance(ema, nn.Module) else ema, folder / EMA_FILE)
+    return folder
+
+
+def save_tokenizer_folder(tok: HARTTokenizer, folder: str | os.PathLike,
+                          extra: Mapping[str, torch.Tensor] | None = None,
+                          patch_nums: tuple[int, ...] | None = None) -> Path:
+    """Write upstream's ``tokenizer/`` layout (``vae.``-prefixed keys; ``extra`` adds e.g. disc.* keys)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    hf = tokenizer_to_hf_config(tok.cfg) if patch_nums is None else tokenizer_to_hf_config(tok.cfg, patch_nums)
+    _write_json(folder / "config.json", hf)
+    sd = {f"vae.{k}": v for k, v in tok.state_dict().items()}
+    sd.update(extra or {})
+    save_state_dict(sd, folder / "model.safetensors")
+    return folder
