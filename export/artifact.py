@@ -26,15 +26,23 @@ from fastvar.atomic import atomic_write_bytes, atomic_write_json
 from fastvar.export.graphs import ConditionGraph, DecoderGraph, GraphDef, Shapes, StepGraph, weight_tensors
 from fastvar.export.memory_plan import MemoryPlan, memory_plan
 from fastvar.export.models.bsq_vae import BSQVAEDecoder
-from fastvar.export.models.factory import ModelOptions, build_pair
+from fastvar.export.models.factory import ModelOptions, build_pair, is_hart
 from fastvar.export.models.infinity import Infinity
 from fastvar.export.models.infinity_config import InfinityConfig, preset
-from fastvar.export.schedules import PrunePlan, ScaleSchedule, prune_plan, scale_schedule
+from fastvar.export.schedules import (
+    PrunePlan,
+    ScaleSchedule,
+    hart_prune_plan,
+    hart_schedule,
+    prune_plan,
+    scale_schedule,
+)
 from fastvar.manifest import FORMAT_VERSION, MANIFEST, file_record, verify_file
 
 BACKENDS = ("tensorrt", "onnxruntime", "onnx")
 RESTORE_OPS = ("auto", "custom", "custom-add", "standard")
 TRT_TOPK_MAX = 3840
+CODEBOOK_KEY = "tokenizer.quantize.embedding.weight"
 
 
 @dataclass
@@ -68,11 +76,16 @@ class ModelSource:
 
     def __init__(self, opts: ExportOptions) -> None:
         self.opts = opts
+        self.hart = is_hart(opts.model)
         self._pair: tuple[Infinity, BSQVAEDecoder] | None = None
-        if opts.random_init:
+        if self.hart and not opts.random_init:
+            self._pair = build_pair(opts.model, opts.ckpt, opts.vae, False, opts.depth, 0, opts.precision)
+            self.cfg = self._pair[0].cfg
+            self.identity = {"kind": "checkpoint", "ckpt": _file_identity(opts.ckpt)}
+        elif opts.random_init:
             if opts.ckpt or opts.vae:
                 raise ValueError("--random-init and --ckpt/--vae exclude each other: pick one")
-            cfg = preset(opts.model)
+            cfg = _preset(opts.model)
             self.cfg = cfg.with_depth(opts.depth) if opts.depth is not None else cfg
             self.identity = {"kind": "random-init", "preset": cfg.name, "depth": self.cfg.depth,
                              "seed": opts.weights_seed}
@@ -94,7 +107,30 @@ class ModelSource:
         if self._pair is not None:
             return self._pair[0]
         with torch.device("meta"):
+            if self.hart:
+                from fastvar.export.models.hart import HART
+
+                return HART(self.cfg)
             return Infinity(self.cfg).set_precision(self.opts.precision)
+
+    def skeleton_decoder(self):
+        """The decoder side (VAE, or HART's tokenizer) on the meta device, or the real one when loaded."""
+        if self._pair is not None:
+            return self._pair[1]
+        with torch.device("meta"):
+            if self.hart:
+                from fastvar.export.models.hart_tokenizer import HARTTokenizer
+
+                return HARTTokenizer(self.cfg.tokenizer)
+            return BSQVAEDecoder(self.cfg.vae)
+
+
+def _preset(model: str):
+    if is_hart(model):
+        from fastvar.export.models.hart_config import preset as hart_preset
+
+        return hart_preset(model)
+    return preset(model)
 
 
 def _file_identity(path: str) -> dict:
@@ -123,6 +159,8 @@ def schedule_record(sched: ScaleSchedule, plan: PrunePlan) -> list[dict]:
 
 def _graphs(model: Infinity, vae_cfg, sched: ScaleSchedule, plan: PrunePlan, shapes: Shapes, restore_fns: dict,
             vae: BSQVAEDecoder | None, budget: int | None) -> list:
+    if not isinstance(model, Infinity):
+        return _hart_graphs(model, vae, plan, shapes, restore_fns)
     out: list = [ConditionGraph(model, shapes)]
     out += [StepGraph(model, sched, plan, st, shapes, attn_budget=budget, **restore_fns) for st in plan.executed]
     out += [StepGraph(model, sched, plan, st, shapes, given_indices=True, attn_budget=budget, **restore_fns)
@@ -130,6 +168,30 @@ def _graphs(model: Infinity, vae_cfg, sched: ScaleSchedule, plan: PrunePlan, sha
     last = sched.scales[-1]
     hw = (2 * last.h, 2 * last.w) if model.cfg.spatial_patchify else (last.h, last.w)
     out.append(DecoderGraph(vae if vae is not None else _meta_vae(vae_cfg), hw, shapes.batch))
+    return out
+
+
+def _hart_graphs(model, tok, plan: PrunePlan, shapes: Shapes, restore_fns: dict) -> list:
+    """HART's graphs: condition, one per step (+ validation variants), the diffusion head, the tokenizer's
+    next-input per step and its decoder."""
+    from fastvar.export.hart_graphs import (
+        HARTConditionGraph,
+        HARTDecoderGraph,
+        HARTDiffusionGraph,
+        HARTNextInputGraph,
+        HARTStepGraph,
+    )
+
+    if "restore_add_fn" in restore_fns:
+        raise ValueError("--restore-op custom-add is not built for HART yet; use custom or standard")
+    restore = {"restore_fn": restore_fns["restore_fn"]}
+    pns = model.cfg.patch_nums
+    out: list = [HARTConditionGraph(model, shapes)]
+    out += [HARTStepGraph(model, plan, st, shapes, **restore) for st in plan.executed]
+    out += [HARTStepGraph(model, plan, st, shapes, given_indices=True, **restore) for st in plan.executed if st.pruned]
+    out.append(HARTDiffusionGraph(model, shapes))
+    out += [HARTNextInputGraph(tok, pns, si, shapes.batch) for si in range(len(pns) - 1)]
+    out.append(HARTDecoderGraph(tok, pns[-1], shapes.batch))
     return out
 
 
@@ -172,6 +234,8 @@ def resolve(opts: ExportOptions) -> tuple[ModelSource, ScaleSchedule, PrunePlan,
     if opts.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {opts.batch}")
     source = ModelSource(opts)
+    if source.hart:
+        return _resolve_hart(opts, source)
     cfg: InfinityConfig = source.cfg
     if not 1 <= opts.text_len <= cfg.text_maxlen:
         raise ValueError(f"--text-len must be in [1, {cfg.text_maxlen}] (the model's text maximum), "
@@ -182,9 +246,33 @@ def resolve(opts: ExportOptions) -> tuple[ModelSource, ScaleSchedule, PrunePlan,
     return source, sched, plan, Shapes(opts.batch, opts.text_len, opts.guidance)
 
 
+def _resolve_hart(opts: ExportOptions, source: ModelSource) -> tuple[ModelSource, ScaleSchedule, PrunePlan, Shapes]:
+    """HART: the checkpoint's schedule, its FastVAR plan, and the text padded to exactly its context length."""
+    cfg = source.cfg
+    if opts.precision != "fp32":
+        raise ValueError(f"HART runs in fp32 only so far (got --precision {opts.precision}); see docs/design/hart.md")
+    if opts.text_len not in (ExportOptions.text_len, cfg.context_tokens):
+        raise ValueError(f"HART takes exactly {cfg.context_tokens} text tokens (padded); --text-len {opts.text_len} "
+                         "does not apply to it")
+    sched = hart_schedule(cfg.patch_nums, opts.res, opts.aspect)
+    plan = hart_prune_plan(sched, opts.schedule, cfg.depth, cfg.context_tokens)
+    check_tensorrt_limits(plan, opts.backend)
+    return source, sched, plan, Shapes(opts.batch, cfg.context_tokens, opts.guidance)
+
+
+def _memory_plan(source: ModelSource, sched: ScaleSchedule, plan: PrunePlan, shapes: Shapes,
+                 precision: str) -> MemoryPlan:
+    if source.hart:
+        from fastvar.export.memory_plan import hart_memory_plan
+
+        return hart_memory_plan(source.skeleton(), source.skeleton_decoder(), sched, plan, shapes.batch,
+                                shapes.guidance)
+    return memory_plan(source.cfg, sched, plan, shapes.batch, precision, shapes.text_len, shapes.guidance)
+
+
 def plan_memory(opts: ExportOptions) -> MemoryPlan:
     source, sched, plan, shapes = resolve(opts)
-    return memory_plan(source.cfg, sched, plan, shapes.batch, opts.precision, shapes.text_len, shapes.guidance)
+    return _memory_plan(source, sched, plan, shapes, opts.precision)
 
 
 def default_out(opts: ExportOptions) -> Path:
@@ -200,7 +288,7 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
     if opts.backend == "tensorrt":
         _require_tensorrt()
     source, sched, plan, shapes = resolve(opts)
-    mem = memory_plan(source.cfg, sched, plan, shapes.batch, opts.precision, shapes.text_len, shapes.guidance)
+    mem = _memory_plan(source, sched, plan, shapes, opts.precision)
     if opts.gpu_memory is not None:
         mem.check_fits(opts.gpu_memory)
     root = Path(opts.out) if opts.out else default_out(opts)
@@ -216,15 +304,18 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
     tools = tool_versions()
     skeleton = source.skeleton()
     budget = opts.resolved_attention_budget()
-    defs = _graphs(skeleton, source.cfg.vae, sched, plan, shapes, restore_fns, None, budget)
+    vae_cfg = None if source.hart else source.cfg.vae
+    defs = _graphs(skeleton, vae_cfg, sched, plan, shapes, restore_fns, source.skeleton_decoder() if source.hart
+                   else None, budget)
     common = {"opset": 20, "restore_op": restore_op, "precision": opts.precision, "tools": tools,
               "config": source.cfg.to_dict()}
     old = _previous(root, opts.force)
     manifest = {
         "format_version": FORMAT_VERSION, "complete": False,
-        "model": {"name": opts.model, "config": source.cfg.to_dict(), "source": source.identity},
+        "model": {"name": opts.model, "family": "hart" if source.hart else "infinity", "config": source.cfg.to_dict(),
+                  "source": source.identity},
         "resolution": opts.res, "aspect": opts.aspect, "template": sched.template, "tier": sched.tier,
-        "pixels": list(sched.pixels), "precision": opts.precision, "batch": opts.batch, "text_len": opts.text_len,
+        "pixels": list(sched.pixels), "precision": opts.precision, "batch": opts.batch, "text_len": shapes.text_len,
         "guidance": opts.guidance, "backend": opts.backend, "restore_op": restore_op, "opset": 20,
         "schedule": plan.to_dict(), "cache_scale": plan.cache_scale, "rope_grid": list(sched.rope_grid),
         "scales": schedule_record(sched, plan), "graphs": {}, "weights": [], "tools": tools,
@@ -237,6 +328,7 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
         _write_manifest(root, manifest)
     rebuilt, t_all = [], time.perf_counter()
     n = len(defs)
+    real: dict[str, object] = {}
     for i, g in enumerate(defs, 1):
         d: GraphDef = g.definition()
         key = graph_key(common, d, sched, plan, source.identity)
@@ -248,7 +340,12 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
         t0 = time.perf_counter()
         model, vae = source.pair()
         weights = weight_tensors(model)
-        if isinstance(g, DecoderGraph):
+        if source.hart:
+            if not real:
+                real.update((x.definition().name, x) for x in _graphs(model, None, sched, plan, shapes, restore_fns,
+                                                                      vae, budget))
+            g = real[d.name]
+        elif isinstance(g, DecoderGraph):
             g = DecoderGraph(vae, g.code_hw, g.batch)
         else:
             g = type(g)(model, shapes) if isinstance(g, ConditionGraph) else \
@@ -261,6 +358,8 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
         log(f"[{i}/{n}] {d.name}: {_what(d, plan)} exported in {time.perf_counter() - t0:.1f}s")
         _write_manifest(root, manifest)
     keys = sorted({w for g in manifest["graphs"].values() for w in g["weights"]})
+    if source.hart:
+        manifest["codebook"] = CODEBOOK_KEY
     wkey = _key({"source": source.identity, "precision": opts.precision, "keys": keys})
     store = root / "weights" / "transformer.safetensors"
     prev_w = (old.get("weights") or [None])[0]
@@ -270,8 +369,12 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
         from fastvar.export.weight_store import write_store
 
         t0 = time.perf_counter()
-        model, _ = source.pair()
-        write_store(store, keys, weight_tensors(model))
+        model, vae = source.pair()
+        tensors = weight_tensors(model)
+        if source.hart:  # the loop samples and embeds tokens itself: it reads the codebook from the store
+            keys = [*keys, CODEBOOK_KEY]
+            tensors[CODEBOOK_KEY] = vae.codebook
+        write_store(store, keys, tensors)
         manifest["weights"] = [{**file_record(root, store), "key": wkey, "tensors": len(keys)}]
         rebuilt.append("weights")
         log(f"weights: {len(keys)} tensors, {store.stat().st_size / 2**20:.1f} MiB written in "
@@ -293,7 +396,7 @@ def graph_key(common: dict, d: GraphDef, sched: ScaleSchedule, plan: PrunePlan, 
     """Everything a graph file depends on: its interface, what it bakes in, how it was exported, and for
     the VAE graph (which holds its weights) the weights' source. Step graphs do not depend on weights."""
     return _key({**common, "graph": d.signature(), **_baked(d, sched, plan),
-                 **({"vae": source} if d.kind == "decoder" else {})})
+                 **({"vae": source} if d.kind in ("decoder", "next_input") else {})})
 
 
 def _baked(d: GraphDef, sched: ScaleSchedule, plan: PrunePlan) -> dict:
@@ -308,7 +411,7 @@ def _baked(d: GraphDef, sched: ScaleSchedule, plan: PrunePlan) -> dict:
 def _export_one(g, d: GraphDef, weights: dict, table) -> tuple[bytes, GraphDef]:
     from fastvar.export.onnx_export import export_graph
 
-    if isinstance(g, DecoderGraph):
+    if d.kind in ("decoder", "next_input"):
         return export_graph(g.module(), d, {}, None)
     return export_graph(g.module(), d, weights, table)
 

@@ -13,7 +13,10 @@ from fastvar.export.schedules import PrunePlan, StepPlan
 
 
 def new_length(plan: PrunePlan, st: StepPlan, block: int) -> int:
-    """Entries block ``block`` adds at step ``st``: the kept count if FastVAR prunes it there."""
+    """Entries block ``block`` adds at step ``st``: the kept count if FastVAR prunes it there (HART's step 0
+    adds its whole text context)."""
+    if st.index == 0 and plan.first_step_kv is not None:
+        return plan.first_step_kv
     return st.kept if st.pruned and plan.block_pruned(block) else st.tokens
 
 

@@ -295,3 +295,26 @@ def markdown_table(plans: list[MemoryPlan]) -> str:
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     lines.append("| **total** | " + " | ".join(f"**{p.total / GIB:.2f}**" for p in plans) + " |")
     return "\n".join(lines)
+
+
+def hart_memory_plan(model, tok, sched, plan: PrunePlan, batch: int, guidance: bool) -> MemoryPlan:
+    """HART's plan (fp32): weights, the KV cache as the schedule fills it, the FastVAR restore caches and f_hat.
+    Counted from the (meta) modules and the plan; activations are not estimated for HART yet."""
+    cfg = model.cfg
+    rows = 2 * batch if guidance else batch
+    f32 = 4
+    weights = sum(p.numel() for p in model.parameters()) * f32
+    tok_weights = sum(p.numel() for p in tok.parameters()) * f32
+    kv = sum(block_cache_lengths(plan, cfg.depth)) * 2 * rows * cfg.width * f32
+    cache = 0
+    if plan.cache_scale is not None:
+        cache = cfg.depth * 2 * rows * plan.steps[plan.cache_scale].tokens * cfg.width * f32
+    f_hat = batch * cfg.cvae * cfg.final_side ** 2 * f32
+    h, w = sched.pixels
+    items = [MemoryItem("transformer weights", weights, "HART blocks, head and diffusion MLP, fp32"),
+             MemoryItem("tokenizer weights", tok_weights, "codebook, Φ and the VQ decoder, fp32"),
+             MemoryItem("KV cache", kv, f"{rows} rows, step 0 holds the {cfg.context_tokens}-token text"),
+             MemoryItem("restore caches", cache, "attention and MLP outputs of every block at the 36x36 step"),
+             MemoryItem("f_hat", f_hat, "the summed latent")]
+    return MemoryPlan(model=cfg.name, resolution=str(h), pixels=(h, w), batch=batch, precision="fp32",
+                      schedule=plan.spec, items=items)

@@ -172,6 +172,7 @@ class PrunePlan:
     steps: tuple[StepPlan, ...]
     cache_scale: int | None
     block_range: tuple[int, int]
+    first_step_kv: int | None = None  # KV entries step 0 writes when not its token count (HART: the text)
 
     @property
     def executed(self) -> tuple[StepPlan, ...]:
@@ -192,6 +193,7 @@ class PrunePlan:
             "spec": self.spec,
             "cache_scale": self.cache_scale,
             "block_range": list(self.block_range),
+            "first_step_kv": self.first_step_kv,
             "steps": [asdict(s) for s in self.steps],
         }
 
@@ -272,3 +274,47 @@ def prune_plan(sched: ScaleSchedule, spec: str = "fastvar", depth: int = 32,
     if not (0 <= rng[0] <= rng[1] <= depth):
         raise ValueError(f"pruned block range {rng} does not fit depth {depth}")
     return PrunePlan(spec=spec, steps=tuple(steps), cache_scale=cache_scale, block_range=(rng[0], rng[1]))
+
+
+# ---- HART --------------------------------------------------------------------------------------
+
+def hart_schedule(patch_nums: tuple[int, ...], res: str | int = 1024, aspect: str | float = "1:1") -> ScaleSchedule:
+    """HART's square schedule: its checkpoint's ``patch_nums`` (1024 px, 1:1 only, as released)."""
+    tier = parse_tier(res)
+    if tier != "1M":
+        raise ValueError(f"HART runs at its checkpoint's resolution only: --res 1024 (got {res!r})")
+    if parse_aspect(aspect) != 1.0:
+        raise ValueError(f"HART runs square images only: --aspect 1:1 (got {aspect!r})")
+    scales = tuple(Scale(i, p, p) for i, p in enumerate(patch_nums))
+    return ScaleSchedule(template=1.0, tier=tier, scales=scales, rope_grid=(patch_nums[-1], patch_nums[-1]))
+
+
+def hart_prune_plan(sched: ScaleSchedule, spec: str, depth: int, context_tokens: int) -> PrunePlan:
+    """``fastvar`` (upstream FastVAR's HART plan: 48 -> 0.5, 64 -> 0.75, every block, cache at 36x36),
+    ``none``, or SIDE:FRACTION entries; step 0 writes the text context's KV entries."""
+    from fastvar.export.models import hart_fastvar
+
+    spec = spec.strip()
+    if spec == "none":
+        sides: dict[int, float] = {}
+    elif spec == "fastvar":
+        sides = dict(hart_fastvar.PRUNE_FRACTIONS)
+    else:
+        try:
+            by_index = _parse_spec(spec, sched)
+        except ValueError as err:
+            raise ValueError(f"{err}. Accepted HART schedules: fastvar, none, or a spec such as "
+                             "48:0.5,64:0.75") from None
+        sides = {sched.scales[i].h: f for i, f in by_index.items()}
+    patch_nums = tuple(s.h for s in sched.scales)
+    steps_plan = hart_fastvar.plan(patch_nums, sides)
+    steps = []
+    for s in sched.scales:
+        p = steps_plan.get(s.index)
+        frac = sides.get(s.h, 0.0) if p is not None else 0.0
+        steps.append(StepPlan(s.index, s.h, s.w, s.tokens, frac, s.tokens if p is None else p.kept, False))
+    cache_scale = None
+    if steps_plan:
+        cache_scale = next(s.index for s in sched.scales[1:] if hart_fastvar.is_cache_step(s.h))
+    return PrunePlan(spec=spec, steps=tuple(steps), cache_scale=cache_scale, block_range=(0, depth),
+                     first_step_kv=context_tokens)

@@ -84,7 +84,7 @@ class Artifact:
         s = self.data["schedule"]
         steps = tuple(StepPlan(**st) for st in s["steps"])
         return PrunePlan(spec=s["spec"], steps=steps, cache_scale=s["cache_scale"],
-                         block_range=tuple(s["block_range"]))
+                         block_range=tuple(s["block_range"]), first_step_kv=s.get("first_step_kv"))
 
     @property
     def has_plugin_nodes(self) -> bool:

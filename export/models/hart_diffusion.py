@@ -165,7 +165,7 @@ class DiffusionHead(nn.Module):
         self.net = SimpleMLPAdaLN(cvae, width, z_channels, depth)
         self.schedule = cosine_schedule(steps)
 
-    def denoise_step(self, i: int, x: torch.Tensor, z: torch.Tensor, guidance: float | None,
+    def denoise_step(self, i: int, x: torch.Tensor, z: torch.Tensor, guidance: float | torch.Tensor | None,
                      noise: torch.Tensor | None, temperature: float = 1.0) -> torch.Tensor:
         """x_{i} -> x_{i-1} for respaced step i (S-1 .. 0). With ``guidance``, z holds [cond; uncond] rows."""
         s, n = self.schedule, x.shape[0]
@@ -175,7 +175,10 @@ class DiffusionHead(nn.Module):
             eps, var = out[:, :self.cvae], out[:, self.cvae:]
         else:
             out = self.net(torch.cat((x, x), 0), t, z)
-            eps = (1 + guidance) * out[:n, :self.cvae] - guidance * out[n:, :self.cvae]
+            cond_eps = out[:n, :self.cvae]
+            eps = (1 + guidance) * cond_eps - guidance * out[n:, :self.cvae]
+            if isinstance(guidance, torch.Tensor):  # a graph input: upstream's t == 1 switch, as a select
+                eps = torch.where(guidance == 1, cond_eps, eps)
             var = out[:n, self.cvae:]
         frac = (var + 1) / 2
         log_var = frac * s.max_log[i] + (1 - frac) * s.min_log[i]
@@ -185,7 +188,7 @@ class DiffusionHead(nn.Module):
             return mean
         return mean + torch.exp(0.5 * log_var) * noise * temperature
 
-    def sample(self, z: torch.Tensor, noise: torch.Tensor, guidance: float | None,
+    def sample(self, z: torch.Tensor, noise: torch.Tensor, guidance: float | torch.Tensor | None,
                temperature: float = 1.0) -> torch.Tensor:
         """Residual latents (N, Cvae) from conditions z and standard-normal noise (S, N, Cvae).
 
@@ -197,7 +200,7 @@ class DiffusionHead(nn.Module):
         n = noise.shape[1]
         if noise.shape != (steps, n, self.cvae):
             raise ValueError(f"diffusion noise {tuple(noise.shape)} is not (steps={steps}, N, {self.cvae})")
-        if guidance is not None and float(guidance) == 1.0:
+        if guidance is not None and not isinstance(guidance, torch.Tensor) and float(guidance) == 1.0:
             guidance, z = None, z[:n]
         if z.shape[0] != (2 * n if guidance is not None else n):
             raise ValueError(f"condition rows {z.shape[0]} do not match {n} noise rows (x2 with guidance)")
