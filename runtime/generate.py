@@ -6,10 +6,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fastvar.export.models.factory import ModelOptions, build_pair
-from fastvar.export.schedules import prune_plan, scale_schedule
+from fastvar.export.models.factory import ModelOptions, build_pair, is_hart
+from fastvar.export.schedules import hart_prune_plan, hart_schedule, prune_plan, scale_schedule
 from fastvar.runtime.backends.torch_ref import TorchBackend
-from fastvar.runtime.chain import Geometry, generate
+from fastvar.runtime.chain import Geometry, HARTGeometry, generate
 from fastvar.runtime.io import load_text_embeddings, read_npz, write_images, write_json, write_npz
 
 
@@ -19,6 +19,7 @@ class RunOptions(ModelOptions):
     seed: int = 0
     cfg: float = 4.0
     tau: float = 0.5
+    more_smooth: bool = True  # HART: feed back the Gumbel-soft codebook mixture (upstream's sample.py default)
 
 
 def _write_outputs(res, out: str, save_tokens: str | None, save_logits: str | None) -> list:
@@ -35,6 +36,8 @@ def run_reference(opts: RunOptions, out: str, save_tokens: str | None = None, sa
                   force_tokens: str | None = None, timings: str | None = None,
                   log: Callable[[str], None] = print) -> dict:
     t0 = time.perf_counter()
+    if is_hart(opts.model):
+        return _run_hart_reference(opts, out, save_tokens, save_logits, force_tokens, timings, log, t0)
     sched = scale_schedule(opts.res, opts.aspect)
     model, vae = build_pair(opts.model, opts.ckpt, opts.vae, opts.random_init, opts.depth, opts.weights_seed,
                             opts.precision)
@@ -60,6 +63,64 @@ def run_reference(opts: RunOptions, out: str, save_tokens: str | None = None, sa
     log(f"loop {res.timings['loop_s']:.2f}s, decode {res.timings['decode_s']:.2f}s; per step: "
         + ", ".join(f"{s['index']}:{s['seconds']:.3f}s" for s in res.timings["steps"]))
     return report
+
+
+def _run_hart_reference(opts: RunOptions, out: str, save_tokens: str | None, save_logits: str | None,
+                        force_tokens: str | None, timings: str | None, log: Callable[[str], None], t0: float) -> dict:
+    from fastvar.runtime.backends.hart_torch import HARTTorchBackend
+
+    model, tok = build_pair(opts.model, opts.ckpt, opts.vae, opts.random_init, opts.depth, opts.weights_seed,
+                            opts.precision)
+    cfg = model.cfg
+    sched = hart_schedule(cfg.patch_nums, opts.res, opts.aspect)
+    plan = hart_prune_plan(sched, opts.schedule, cfg.depth, cfg.context_tokens)
+    text, lengths = load_text_embeddings(opts.text_embeddings, opts.batch, cfg.context_dim)
+    forced = read_npz(force_tokens) if force_tokens else None
+    load_s = time.perf_counter() - t0
+    pruned = [f"{st.h}x{st.w} keeps {st.kept}" for st in plan.executed if st.pruned]
+    log(f"{cfg.name}: depth {cfg.depth}, width {cfg.width}, {cfg.heads} heads, codebook {cfg.vocab}x{cfg.cvae}; "
+        f"{sched.pixels[0]}x{sched.pixels[1]}, {len(sched.scales)} scales; schedule {plan.spec}: "
+        f"{len(plan.executed)} steps run" + (f" ({', '.join(pruned)}; cache at step {plan.cache_scale})"
+                                             if pruned else ""))
+    geom = hart_geometry(cfg.to_dict(), opts.more_smooth)
+    res = generate(HARTTorchBackend(model, tok, plan), sched, plan, geom, text, lengths, opts.seed, opts.cfg,
+                   opts.tau, force_tokens=forced, keep_logits=save_logits is not None)
+    paths = _write_outputs(res, out, save_tokens, save_logits)
+    report = {"load_s": load_s, **res.timings, "images": [str(p) for p in paths]}
+    if timings:
+        write_json(timings, report)
+    log(f"loop {res.timings['loop_s']:.2f}s, decode {res.timings['decode_s']:.2f}s; per step: "
+        + ", ".join(f"{s['index']}:{s['seconds']:.3f}s" for s in res.timings["steps"]))
+    return report
+
+
+def hart_geometry(cfg: dict, more_smooth: bool = True) -> HARTGeometry:
+    return HARTGeometry(patch_nums=tuple(cfg["patch_nums"]), vocab=cfg["vocab"], cvae=cfg["cvae"],
+                        diff_steps=cfg["diff_steps"], more_smooth=more_smooth)
+
+
+def is_hart_artifact(art) -> bool:
+    return art.data["model"].get("family") == "hart"
+
+
+def artifact_schedule(art):
+    """The scale schedule an artifact was exported for."""
+    d = art.data
+    if is_hart_artifact(art):
+        return hart_schedule(tuple(d["model"]["config"]["patch_nums"]), d["resolution"], d["aspect"])
+    return scale_schedule(d["resolution"], d["aspect"])
+
+
+def text_channels(art) -> int:
+    cfg = art.data["model"]["config"]
+    return cfg["context_dim"] if is_hart_artifact(art) else cfg["text_channels"]
+
+
+def default_cfg(art) -> float:
+    """Upstream's inference default for the family (HART 4.5, Infinity 4), or the unguided value."""
+    if is_hart_artifact(art):
+        return 4.5 if art.data["guidance"] else 0.0
+    return 4.0 if art.data["guidance"] else 1.0
 
 
 BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch")
@@ -97,11 +158,19 @@ def reference_backend(art) -> TorchBackend:
     if src["kind"] == "checkpoint":
         from fastvar.export.artifact import _file_identity
 
-        for part in ("ckpt", "vae"):
+        for part in ("ckpt", "vae") if "vae" in src else ("ckpt",):
             now = _file_identity(src[part]["path"])
             if now != src[part]:
                 raise ArtifactError(f"{src[part]['path']} changed since the export (size or modification time); "
                                     "the torch backend would compare different weights. Re-run fastvar-export")
+    if is_hart_artifact(art):
+        from fastvar.runtime.backends.hart_torch import HARTTorchBackend
+
+        if src["kind"] == "random-init":
+            model, tok = build_pair(src["preset"], None, None, True, src["depth"], src["seed"])
+        else:
+            model, tok = build_pair(d["model"]["name"], src["ckpt"]["path"])
+        return HARTTorchBackend(model, tok, art.plan())
     if src["kind"] == "random-init":
         model, vae = build_pair(src["preset"], None, None, True, src["depth"], src["seed"], d["precision"])
     else:
@@ -132,15 +201,17 @@ def _importable(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def artifact_geometry(art) -> Geometry:
+def artifact_geometry(art, more_smooth: bool = True) -> Geometry | HARTGeometry:
     cfg = art.data["model"]["config"]
+    if is_hart_artifact(art):
+        return hart_geometry(cfg, more_smooth)
     return Geometry(bits=cfg["bits"], codebook_dim=cfg["vae"]["codebook_dim"], patchify=cfg["spatial_patchify"])
 
 
 def run_artifact(root: str, out: str, backend: str = "auto", text_embeddings: str | None = None, seed: int = 0,
                  cfg: float | None = None, tau: float = 0.5, save_tokens: str | None = None,
                  save_logits: str | None = None, force_tokens: str | None = None, timings: str | None = None,
-                 device: str = "cpu", log: Callable[[str], None] = print) -> dict:
+                 device: str = "cpu", more_smooth: bool = True, log: Callable[[str], None] = print) -> dict:
     """Generate with a compiled artifact (``fastvar-run DIR``); returns the timings report."""
     from fastvar.manifest import Artifact
 
@@ -149,20 +220,23 @@ def run_artifact(root: str, out: str, backend: str = "auto", text_embeddings: st
     art.verify()
     d = art.data
     if cfg is None:
-        cfg = 4.0 if d["guidance"] else 1.0
-    if (cfg != 1) != d["guidance"]:
+        cfg = default_cfg(art)
+    geom = artifact_geometry(art, more_smooth)
+    unguided = 0 if is_hart_artifact(art) else 1
+    if geom.family(artifact_schedule(art), tau).guided(cfg) != d["guidance"]:
         from fastvar.manifest import ArtifactError
 
-        raise ArtifactError(f"{root} was exported " + ("with classifier-free guidance: give a --cfg other than 1"
-                                                       if d["guidance"] else
-                                                       "without guidance (--no-guidance): it runs with --cfg 1 only"))
+        raise ArtifactError(f"{root} was exported " + (f"with classifier-free guidance: give a --cfg other than "
+                                                       f"{unguided}" if d["guidance"] else
+                                                       f"without guidance (--no-guidance): it runs with --cfg "
+                                                       f"{unguided} only"))
     be = open_backend(art, backend, device)
-    sched = scale_schedule(d["resolution"], d["aspect"])
-    text, lengths = load_text_embeddings(text_embeddings, d["batch"], d["model"]["config"]["text_channels"],
+    sched = artifact_schedule(art)
+    text, lengths = load_text_embeddings(text_embeddings, d["batch"], text_channels(art),
                                          default_len=min(16, d["text_len"]))
     forced = read_npz(force_tokens) if force_tokens else None
     load_s = time.perf_counter() - t0
-    res = generate(be, sched, art.plan(), artifact_geometry(art), text, lengths, seed, cfg, tau,
+    res = generate(be, sched, art.plan(), geom, text, lengths, seed, cfg, tau,
                    force_tokens=forced, keep_logits=save_logits is not None)
     paths = _write_outputs(res, out, save_tokens, save_logits)
     report = {"backend": be.name, "load_s": load_s, **res.timings, "images": [str(p) for p in paths],

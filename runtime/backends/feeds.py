@@ -44,3 +44,24 @@ def step_feeds(inputs: dict, cond: dict[str, torch.Tensor], kv: KVCache, caches:
 def new_kv_block(name: str) -> int | None:
     """The block whose new K or V an output holds (``new_k_3`` -> 3), None for other outputs."""
     return int(name.rsplit("_", 1)[1]) if name.startswith(("new_k_", "new_v_")) else None
+
+
+def named_feeds(graph: str, inputs: dict, values: dict[str, torch.Tensor], cond: dict[str, torch.Tensor],
+                kv: KVCache, caches: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every input of a step graph found by its name alone: a per-call value, a conditioning output, a KV
+    prefix or a restore cache (HART's steps; weights excepted). A name found nowhere is an error."""
+    feeds: dict[str, torch.Tensor] = {}
+    for name in inputs:
+        if name in values:
+            feeds[name] = values[name]
+        elif name in cond:
+            feeds[name] = cond[name]
+        elif name.startswith("past_k_"):
+            feeds[name], feeds["past_v_" + name[len("past_k_"):]] = kv.past(int(name.rsplit("_", 1)[1]))
+        elif name.startswith("past_v_"):
+            continue
+        elif name in caches:
+            feeds[name] = caches[name]
+        else:
+            raise ValueError(f"{graph}: nothing provides its input {name!r}")
+    return feeds

@@ -19,7 +19,7 @@ from fastvar.export.graphs import TORCH_DTYPES
 from fastvar.export.schedules import StepPlan
 from fastvar.export.weight_store import read_store
 from fastvar.manifest import Artifact, ArtifactError
-from fastvar.runtime.backends.feeds import new_kv_block, step_feeds
+from fastvar.runtime.backends.feeds import named_feeds, new_kv_block, step_feeds
 from fastvar.runtime.kv_cache import KVCache
 
 _NP = {torch.float32: np.float32, torch.int64: np.int64, torch.bool: np.bool_, torch.float16: np.float16,
@@ -119,6 +119,7 @@ class OnnxRuntimeBackend:
                                 "artifacts (its CPU provider has no bf16 kernels). Export with --precision fp32, "
                                 "or build TensorRT engines from it (fastvar-build)")
         self.art, self.device = art, device
+        self.hart = art.data["model"].get("family") == "hart"
         self.torch_device = torch.device("cuda" if device == "cuda" else "cpu")
         self.plan = art.plan()
         cfg = art.data["model"]["config"]
@@ -134,6 +135,10 @@ class OnnxRuntimeBackend:
         self.caches: dict[str, torch.Tensor] = {}
         self.kept_sets: dict[int, dict[str, np.ndarray]] = {}
         self.kv: KVCache | None = None
+        self.hidden: torch.Tensor | None = None  # HART: the last step's hidden states, for the diffusion head
+        self.batch = art.data["batch"]
+        codebook = art.data.get("codebook")
+        self.codebook = self.host_weights[codebook].to(self.torch_device) if codebook else None
 
     def graph_seconds(self, kinds: tuple[str, ...] = ("condition", "step")) -> float:
         """Seconds spent inside ONNX Runtime so far, for graphs of these kinds."""
@@ -156,8 +161,8 @@ class OnnxRuntimeBackend:
         for name in s.outputs:
             s.bind_output(name)
         self.cond = s.run()
-        rows = self.cond["gss"].shape[0]
-        dtype = TORCH_DTYPES[s.outputs["ca_k_0"]["dtype"]]
+        rows = self.cond["head_scale"].shape[0]
+        dtype = TORCH_DTYPES[s.outputs["ca_k_0"]["dtype"]] if "ca_k_0" in s.outputs else torch.float32
         self.kv = KVCache(self.plan, self.depth, rows, self.heads, self.head_dim, dtype, self.torch_device)
         self.caches, self.kept_sets = {}, {}
 
@@ -167,8 +172,14 @@ class OnnxRuntimeBackend:
         s = self.sessions.get(f"step_{st.index:02d}")
         if s is None:
             raise ArtifactError(f"{self.art.root} has no graph for step {st.index}")
-        feeds = step_feeds(s.inputs, self.cond, self.kv, self.caches, st.index, codes_in, cfg, inv_tau, noise,
-                           self.torch_device)
+        if self.hart:  # x_in and the step's guidance weight; the rest by name
+            values = {"cfg_scale": torch.tensor(cfg, dtype=torch.float32, device=self.torch_device)}
+            if codes_in is not None:
+                values["x_in"] = codes_in.to(self.torch_device, torch.float32).contiguous()
+            feeds = named_feeds(s.name, s.inputs, values, self.cond, self.kv, self.caches)
+        else:
+            feeds = step_feeds(s.inputs, self.cond, self.kv, self.caches, st.index, codes_in, cfg, inv_tau, noise,
+                               self.torch_device)
         for name, t in feeds.items():
             s.bind_input(name, t)
         slices = {}
@@ -189,10 +200,39 @@ class OnnxRuntimeBackend:
         kept = {n: t.cpu().numpy() for n, t in out.items() if n.startswith("kept_")}
         if kept:
             self.kept_sets[st.index] = kept
-        return out["logits"], out["bits"]
+        self.hidden = out.get("hidden")
+        return out["logits"], out.get("bits")
+
+    def _run(self, name: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Run a graph whose every input is given (tensors moved to the run's device as float32 or as typed)."""
+        s = self.sessions[name]
+        for n, t in feeds.items():
+            s.bind_input(n, t.to(self.torch_device).contiguous())
+        for n in s.outputs:
+            s.bind_output(n)
+        return s.run()
+
+    def diffusion(self, discrete: torch.Tensor, noise: torch.Tensor, weight: float) -> torch.Tensor:
+        """HART: the diffusion head's residual (B, L, Cvae) from the last step's hidden states."""
+        feeds = {"hidden": self.hidden, "discrete": discrete.float(), "noise": noise.float()}
+        if "cfg_scale" in self.sessions["diffusion"].inputs:
+            feeds["cfg_scale"] = torch.tensor(weight, dtype=torch.float32)
+        return self._run("diffusion", feeds)["residual"]
+
+    def next_input(self, si: int, f_hat: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """HART: step si's tokens into f_hat and the next step's input; the last step's tokens are added as they
+        are (no Φ, no next input), which needs no graph."""
+        name = f"next_input_{si:02d}"
+        if name not in self.sessions:
+            side = int(round(tokens.shape[1] ** 0.5))
+            f_hat = f_hat + tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
+            return f_hat, f_hat.flatten(2).transpose(1, 2)
+        out = self._run(name, {"f_hat": f_hat.float(), "tokens": tokens.float()})
+        return out["f_hat_next"], out["x_next"]
 
     def decode(self, summed: torch.Tensor) -> torch.Tensor:
         s = self.sessions["decoder"]
-        s.bind_input("codes", summed.to(self.torch_device, torch.float32).contiguous())
+        (name,) = s.inputs
+        s.bind_input(name, summed.to(self.torch_device, torch.float32).contiguous())
         s.bind_output("image")
         return s.run()["image"]
