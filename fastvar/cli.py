@@ -6,11 +6,14 @@ import sys
 
 import click
 
+from fastvar.export.models.hart_config import ALIASES as HART_ALIASES
+from fastvar.export.models.hart_config import PRESETS as HART_PRESETS
 from fastvar.export.models.infinity_config import ALIASES, PRESETS
 
-MODEL_NAMES = sorted([*PRESETS, *ALIASES])
-# Upstream's Infinity-2B inference defaults (scripts/infer.sh): cfg 4, tau 0.5.
+MODEL_NAMES = sorted([*PRESETS, *ALIASES, *HART_PRESETS, *HART_ALIASES])
+# Upstream's Infinity-2B inference defaults (scripts/infer.sh): cfg 4, tau 0.5; HART's sample.py: cfg 4.5.
 DEFAULT_CFG = 4.0
+HART_DEFAULT_CFG = 4.5
 DEFAULT_TAU = 0.5
 SEED = click.IntRange(0, 2**63 - 1)
 
@@ -29,11 +32,12 @@ def model_options(default_model: str):
     options = [
         click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), default=default_model,
                      show_default=True, help="Model family and size (infinity = infinity-2b). *-tiny is a small "
-                     "random-weight preset for CPU work."),
+                     "random-weight preset for CPU work. hart = hart-0.7b."),
         click.option("--ckpt", type=click.Path(), help="Transformer checkpoint in upstream layout (.pth, "
-                     ".safetensors, or a folder / index.json of shards). Dimensions are read from its tensor shapes."),
+                     ".safetensors, or a folder / index.json of shards). Dimensions are read from its tensor shapes. "
+                     "HART: upstream's release folder (hart-0.7b-1024px, holding llm/ and tokenizer/)."),
         click.option("--vae", "vae_path", type=click.Path(), help="VAE checkpoint in upstream layout "
-                     "({'vae': state_dict} or a bare decoder state dict)."),
+                     "({'vae': state_dict} or a bare decoder state dict). Not for HART (its tokenizer is in --ckpt)."),
         click.option("--random-init", is_flag=True, help="Seeded random weights instead of checkpoints."),
         click.option("--depth", type=int, help="With --random-init: override the preset's depth (real width, "
                      "fewer blocks)."),
@@ -70,19 +74,22 @@ def model_options(default_model: str):
 @click.option("--text-embeddings", type=click.Path(), help="Text encoder states .npy (L, D) or (B, L, D). "
               "Without it a fixed seeded embedding stands in.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the sampling noise.")
-@click.option("--cfg", type=float, default=None, help=f"Classifier-free guidance scale [default: {DEFAULT_CFG:g}; "
-              "1 for an artifact exported without guidance].")
+@click.option("--cfg", type=float, default=None, help=f"Classifier-free guidance scale [default: {DEFAULT_CFG:g}, "
+              f"HART {HART_DEFAULT_CFG:g}; 1 (HART: 0) for an artifact exported without guidance].")
+@click.option("--more-smooth/--no-more-smooth", default=True, show_default=True, help="HART: feed back the "
+              "Gumbel-soft codebook mixture (upstream's default) or the sampled codebook rows.")
 @click.option("--tau", type=float, default=DEFAULT_TAU, show_default=True, help="Sampling temperature.")
 @click.option("--out", type=click.Path(), default="out.png", show_default=True, help="Output PNG path.")
-@click.option("--save-tokens", type=click.Path(), help="Save each executed scale's bits: npz scale_XX (B,h,w,bits).")
+@click.option("--save-tokens", type=click.Path(), help="Save each executed scale's tokens: npz scale_XX, Infinity's "
+              "bits (B,h,w,bits) uint8, HART's codebook indices (B,h,w) int32.")
 @click.option("--save-logits", type=click.Path(), help="Save each executed scale's CFG-mixed logits after tau.")
 @click.option("--force-tokens", type=click.Path(), help="Teacher forcing: npz in --save-tokens layout replaces "
               "sampling at every scale it covers.")
 @click.option("--timings", type=click.Path(), help="Write where the time went (load_s, loop_s, decode_s, steps).")
 @click.pass_context
 def run_cmd(ctx, artifact, backend, device, model_name, ckpt, vae_path, random_init, depth, weights_seed, res, aspect,
-            schedule, precision, batch, text_embeddings, seed, cfg, tau, out, save_tokens, save_logits, force_tokens,
-            timings) -> None:
+            schedule, precision, batch, text_embeddings, seed, cfg, more_smooth, tau, out, save_tokens, save_logits,
+            force_tokens, timings) -> None:
     """Generate images: with ARTIFACT (a fastvar-export directory) run its compiled graphs; without it,
     run the PyTorch reference directly (no compilation needed).
 
@@ -90,6 +97,7 @@ def run_cmd(ctx, artifact, backend, device, model_name, ckpt, vae_path, random_i
     Examples:
       fastvar-run engines/tiny --seed 0 --out a.png
       fastvar-run --model infinity-tiny --random-init --res 1024 --seed 0 --out a.png
+      fastvar-run --model hart-tiny --random-init --seed 0 --out h.png
     """
     from fastvar.runtime.generate import RunOptions, run_artifact, run_reference
 
@@ -104,7 +112,8 @@ def run_cmd(ctx, artifact, backend, device, model_name, ckpt, vae_path, random_i
         try:
             report = run_artifact(artifact, out, backend=backend, text_embeddings=text_embeddings, seed=seed, cfg=cfg,
                                   tau=tau, save_tokens=save_tokens, save_logits=save_logits,
-                                  force_tokens=force_tokens, timings=timings, device=device, log=click.echo)
+                                  force_tokens=force_tokens, timings=timings, device=device,
+                                  more_smooth=more_smooth, log=click.echo)
         except (ValueError, OSError, ImportError) as err:
             _fail(str(err))
         click.echo(f"wrote {', '.join(str(p) for p in report['images'])}")
@@ -112,12 +121,14 @@ def run_cmd(ctx, artifact, backend, device, model_name, ckpt, vae_path, random_i
     if ctx.get_parameter_source("backend") == click.core.ParameterSource.COMMANDLINE and backend != "torch":
         _fail("--backend needs an ARTIFACT directory (fastvar-export writes one); without it fastvar-run runs the "
               "PyTorch reference")
-    cfg = DEFAULT_CFG if cfg is None else cfg
+    if cfg is None:
+        cfg = HART_DEFAULT_CFG if model_name.startswith("hart") else DEFAULT_CFG
     if batch < 1:
         _fail(f"--batch must be >= 1, got {batch}")
     opts = RunOptions(model=model_name, ckpt=ckpt, vae=vae_path, random_init=random_init, depth=depth,
                       weights_seed=weights_seed, res=res, aspect=aspect, schedule=schedule, precision=precision,
-                      batch=batch, text_embeddings=text_embeddings, seed=seed, cfg=cfg, tau=tau)
+                      batch=batch, text_embeddings=text_embeddings, seed=seed, cfg=cfg, tau=tau,
+                      more_smooth=more_smooth)
     try:
         report = run_reference(opts, out=out, save_tokens=save_tokens, save_logits=save_logits,
                                force_tokens=force_tokens, timings=timings, log=click.echo)
@@ -129,7 +140,7 @@ def run_cmd(ctx, artifact, backend, device, model_name, ckpt, vae_path, random_i
 @click.command(context_settings=CONTEXT)
 @model_options("infinity")
 @click.option("--text-len", type=int, default=64, show_default=True,
-              help="Text bucket: prompts up to this many tokens (padded and masked).")
+              help="Text bucket: prompts up to this many tokens (padded and masked). HART always takes 300.")
 @click.option("--guidance/--no-guidance", default=True, show_default=True,
               help="Classifier-free guidance rows in the graphs; --no-guidance exports a cfg=1 artifact (batch B).")
 @click.option("--backend", type=click.Choice(["tensorrt", "onnxruntime", "onnx"]), default="onnxruntime",

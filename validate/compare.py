@@ -16,9 +16,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 # prefix -> relative tolerance, per precision; the longest matching prefix wins
+# HART's diffusion residual: the iDDPM loop divides by sqrt(alpha_bar) ~ 0 near t = 999 before clamping x0,
+# so the fp32 reference itself moves by ~1e-2 of its scale at a few elements when its inputs move by 1e-6
+# relative (docs/design/hart.md); its max error is judged at that conditioning, not at 1e-4.
 DEFAULT_TOLERANCES = {
-    "fp32": {"": 1e-4, "logits": 1e-4, "image": 1e-3, "bits": 1e-3, "text_mask": 0.0},
-    "bf16": {"": 3e-2, "logits": 3e-2, "image": 1e-2, "bits": 2e-2, "text_mask": 0.0},
+    "fp32": {"": 1e-4, "logits": 1e-4, "image": 1e-3, "bits": 1e-3, "text_mask": 0.0, "residual": 5e-2},
+    "bf16": {"": 3e-2, "logits": 3e-2, "image": 1e-2, "bits": 2e-2, "text_mask": 0.0, "residual": 1e-1},
 }
 KEPT_OVERLAP_MIN = 0.99
 

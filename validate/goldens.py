@@ -20,11 +20,18 @@ import torch
 
 from fastvar.atomic import atomic_write_bytes, atomic_write_json
 from fastvar.export.graphs import SUBLAYERS
-from fastvar.export.schedules import StepPlan, scale_schedule
+from fastvar.export.schedules import StepPlan
 from fastvar.manifest import Artifact, ArtifactError, sha256_file
 from fastvar.runtime.backends.torch_ref import TorchBackend
 from fastvar.runtime.chain import generate
-from fastvar.runtime.generate import artifact_geometry, reference_backend
+from fastvar.runtime.generate import (
+    artifact_geometry,
+    artifact_schedule,
+    default_cfg,
+    is_hart_artifact,
+    reference_backend,
+    text_channels,
+)
 from fastvar.runtime.io import load_text_embeddings
 from fastvar.runtime.sampling import sample_bits
 
@@ -119,14 +126,18 @@ def write_goldens(art: Artifact, seed: int = 0, text_embeddings: str | None = No
         index["graphs"][name] = {"key": g["key"], "files": {k: _record(art.root, p) for k, p in files.items()}}
 
     d = art.data
-    text, lengths = load_text_embeddings(text_embeddings, d["batch"], d["model"]["config"]["text_channels"],
+    text, lengths = load_text_embeddings(text_embeddings, d["batch"], text_channels(art),
                                           default_len=min(16, d["text_len"]))
     if text.shape[1] > d["text_len"]:
         raise ArtifactError(f"the text has {text.shape[1]} tokens; the artifact's bucket holds {d['text_len']}")
-    rec = GoldenRecorder(art, sink)
-    sched = scale_schedule(d["resolution"], d["aspect"])
-    cfg = 4.0 if d["guidance"] else 1.0
-    generate(rec, sched, art.plan(), artifact_geometry(art), text, lengths, seed, cfg, 0.5)
+    if is_hart_artifact(art):
+        from fastvar.validate.hart_goldens import HARTGoldenRecorder
+
+        rec = HARTGoldenRecorder(art, sink)
+    else:
+        rec = GoldenRecorder(art, sink)
+    generate(rec, artifact_schedule(art), art.plan(), artifact_geometry(art), text, lengths, seed, default_cfg(art),
+             0.5)
     missing = sorted(set(graphs) - set(index["graphs"]))
     if missing:
         raise ArtifactError(f"the reference run produced no goldens for {missing}")

@@ -198,17 +198,23 @@ def _store(art: Artifact):
 
 def _end_to_end(art: Artifact, log: Callable[[str], None], engines=None) -> dict:
     """Teacher-forced logits per scale (gating), free-running token agreement and PSNR (reported)."""
-    from fastvar.export.schedules import scale_schedule
     from fastvar.runtime.chain import generate
-    from fastvar.runtime.generate import artifact_geometry, open_backend
+    from fastvar.runtime.generate import (
+        artifact_geometry,
+        artifact_schedule,
+        default_cfg,
+        open_backend,
+        text_channels,
+    )
     from fastvar.runtime.io import load_text_embeddings
     from fastvar.runtime.parity import kept_flips, logit_errors, psnr, token_agreement
 
     d = art.data
-    sched, plan, geom = scale_schedule(d["resolution"], d["aspect"]), art.plan(), artifact_geometry(art)
-    text = load_text_embeddings(None, d["batch"], d["model"]["config"]["text_channels"],
-                                 default_len=min(16, d["text_len"]))
-    cfg = 4.0 if d["guidance"] else 1.0
+    # HART's Gumbel-soft feedback follows each side's own logits, not the forced indices: teacher forcing
+    # compares identical inputs only with the codebook rows fed back (docs/design/hart.md)
+    sched, plan, geom = artifact_schedule(art), art.plan(), artifact_geometry(art, more_smooth=False)
+    text = load_text_embeddings(None, d["batch"], text_channels(art), default_len=min(16, d["text_len"]))
+    cfg = default_cfg(art)
     ref_be = open_backend(art, "torch")
     ort_be = engines if engines is not None else open_backend(art, "onnxruntime")
     ref = generate(ref_be, sched, plan, geom, *text, 0, cfg, 0.5, keep_logits=True)

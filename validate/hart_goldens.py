@@ -1,0 +1,83 @@
+"""HART goldens: the HART torch backend, recording every call under the names of the graph it stands for.
+
+As for Infinity (``goldens.GoldenRecorder``): before each call the state about to be used is named as the
+graph's inputs, after it the results as its outputs, so every graph is judged on a real generation's
+tensors (real kept indices at pruned steps, the real f_hat at every tokenizer step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from fastvar.export.hart_graphs import HART_SUBLAYERS
+from fastvar.export.schedules import StepPlan
+from fastvar.manifest import Artifact
+from fastvar.runtime.backends.hart_torch import HARTTorchBackend, pad_text
+from fastvar.runtime.generate import reference_backend
+
+
+class HARTGoldenRecorder(HARTTorchBackend):
+    def __init__(self, art: Artifact, sink: Callable[[str, dict, dict], None]) -> None:
+        ref = reference_backend(art)
+        super().__init__(ref.model, ref.tok, ref.plan)
+        self.sink = sink
+        self.last_exec = self.plan.executed[-1].index
+        self.weight_now = 0.0
+
+    def start(self, text: torch.Tensor, lengths: torch.Tensor, cfg_active: bool) -> None:
+        padded, lengths = pad_text(text, lengths, self.model.cfg.context_tokens)
+        super().start(padded, lengths, cfg_active)
+        c = self.cond
+        self.sink("condition", {"text": padded, "text_lengths": lengths},
+                  {"sos": c.sos, "head_scale": c.head_scale, "head_shift": c.head_shift, "context_pos": c.context_pos})
+
+    def step(self, st: StepPlan, x_in: torch.Tensor | None, weight: float, inv_tau: float, write_kv: bool,
+             noise: torch.Tensor | None = None):
+        depth, c = self.model.cfg.depth, self.cond
+        feeds = {"head_scale": c.head_scale, "head_shift": c.head_shift, "context_pos": c.context_pos,
+                 "cfg_scale": torch.tensor(weight, dtype=torch.float32)}
+        feeds.update({"sos": c.sos} if st.index == 0 else {"x_in": x_in.float()})
+        for i in range(depth):
+            past_k, past_v = self.kv.past(i)
+            if past_k.shape[0]:
+                feeds[f"past_k_{i}"], feeds[f"past_v_{i}"] = past_k.clone(), past_v.clone()
+            if st.pruned and self.plan.block_pruned(i):
+                for sub, t in zip(HART_SUBLAYERS, self.restore_caches[i], strict=True):
+                    feeds[f"cache_{sub}_{i}"] = t
+        logits, _ = super().step(st, x_in, weight, inv_tau, write_kv, noise)
+        out = self.last_output
+        outs = {"logits": logits}
+        if st.index == self.last_exec:
+            outs["hidden"] = out.hidden
+        else:
+            for i in range(depth):
+                outs[f"new_k_{i}"], outs[f"new_v_{i}"] = out.new_k[i], out.new_v[i]
+        if out.caches is not None:
+            for i in range(depth):
+                for sub, t in zip(HART_SUBLAYERS, out.caches[i], strict=True):
+                    outs[f"cache_{sub}_{i}"] = t
+        kept = {k: torch.from_numpy(v) for k, v in self.kept_sets.get(st.index, {}).items()}
+        name = f"step_{st.index:02d}"
+        self.sink(name, feeds, {**outs, **kept})
+        if kept:
+            self.sink(f"{name}_validate", {**feeds, **kept}, outs)
+        return logits, None
+
+    def diffusion(self, discrete: torch.Tensor, noise: torch.Tensor, weight: float) -> torch.Tensor:
+        res = super().diffusion(discrete, noise, weight)
+        self.sink("diffusion", {"hidden": self.hidden, "discrete": discrete.float(), "noise": noise.float(),
+                                "cfg_scale": torch.tensor(weight, dtype=torch.float32)}, {"residual": res})
+        return res
+
+    def next_input(self, si: int, f_hat: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f_next, x_next = super().next_input(si, f_hat, tokens)
+        self.sink(f"next_input_{si:02d}", {"f_hat": f_hat, "tokens": tokens.float()},
+                  {"f_hat_next": f_next, "x_next": x_next})
+        return f_next, x_next
+
+    def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
+        image = super().decode(f_hat)
+        self.sink("decoder", {"f_hat": f_hat.float()}, {"image": image})
+        return image
