@@ -124,6 +124,9 @@ def fit_exponent(pixels: list[int], seconds: list[float]) -> float | None:
 
 
 def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
+    if opts.model.startswith("hart"):
+        raise ValueError("fastvar-bench measures Infinity models so far; HART's FLOP model and bench configs are not "
+                         "built (docs/design/hart.md). Time a HART artifact with fastvar-run DIR --timings FILE.json")
     if opts.runs < 1 or opts.warmup < 0:
         raise ValueError(f"--runs must be >= 1 and --warmup >= 0, got {opts.runs} and {opts.warmup}")
     unknown = [b for b in opts.backends if b not in BACKENDS]
