@@ -194,3 +194,43 @@ def test_plan_and_explicit_schedules(tmp_path):
     plan = hart_prune_plan(sched, "48:0.25", 2, 300)
     assert [(s.index, s.kept) for s in plan.steps if s.pruned] == [(12, 2304 - 576)] and plan.cache_scale == 11
     assert not any(s.pruned for s in hart_prune_plan(sched, "none", 2, 300).steps)
+
+
+def test_custom_restore_node_step_reproduces_the_golden_outputs(hart_artifact, backends):
+    """``--restore-op custom``: the 64x64 step with FastVARRestore nodes (ONNX Runtime runs them as PyOps) gives the
+    reference's outputs on the golden inputs of a real generation, with the same kept sets."""
+    import onnx
+    import onnxruntime as ort
+
+    from fastvar.export.artifact import restore_spelling
+    from fastvar.export.graphs import Shapes
+    from fastvar.export.hart_graphs import HARTStepGraph
+    from fastvar.export.onnx_export import export_graph
+    from fastvar.export.weight_store import read_store
+    from fastvar.plugins.restore.onnx_op import register_schema, translation_table
+    from fastvar.plugins.restore.ort_op import for_onnxruntime, session_options
+    from fastvar.validate.goldens import GOLDENS, read_npz, write_goldens
+
+    art, ref_be, _ = backends
+    if not (hart_artifact / GOLDENS / "step_13.inputs.npz").is_file():
+        write_goldens(art, log=lambda _: None)
+    register_schema()
+    plan = art.plan()
+    graph = HARTStepGraph(ref_be.model, plan, plan.steps[13], Shapes(1, 300, True),
+                          restore_fn=restore_spelling("custom")["restore_fn"])
+    data, d = export_graph(graph.module(), graph.definition(), dict(ref_be.model.named_parameters()) |
+                           dict(ref_be.model.named_buffers()), translation_table())
+    model = onnx.load_from_string(data)
+    assert sum(n.op_type == "FastVARRestore" for n in model.graph.node) == 4  # 2 blocks x (attention, MLP)
+    sess = ort.InferenceSession(for_onnxruntime(model).SerializeToString(), session_options(),
+                                providers=["CPUExecutionProvider"])
+    feeds = read_npz(hart_artifact / GOLDENS / "step_13.inputs.npz")
+    store = {k: v.numpy() for k, v in read_store(art.weight_path()).items()}
+    feeds.update({w: store[w] for w in d.weights})
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
+    want = read_npz(hart_artifact / GOLDENS / "step_13.outputs.npz")
+    for name, ref in want.items():
+        if name.startswith("kept_"):
+            assert all(set(a) == set(b) for a, b in zip(got[name], ref, strict=True)), name
+        else:
+            assert np.abs(got[name] - ref).max() <= 1e-4 * np.abs(ref).max(), name
