@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -83,11 +84,13 @@ class _Engine:
         dtypes = _trt_dtypes(trt)
         for n in sorted(have & set(want)):
             spec = want[n]
-            if spec is None:
-                continue
             shape = tuple(self.engine.get_tensor_shape(n))
             dtype = dtypes.get(self.engine.get_tensor_dtype(n))
-            if shape != tuple(spec["shape"]) or dtype != TORCH_DTYPES[spec["dtype"]]:
+            if spec is None:  # a weight: it must match the store's tensor bound to it
+                w = self.backend.weights[n]
+                if shape != tuple(w.shape) or dtype != w.dtype:
+                    why.append(f"weight {n} is {shape} {dtype} in the engine, {tuple(w.shape)} {w.dtype} in the store")
+            elif shape != tuple(spec["shape"]) or dtype != TORCH_DTYPES[spec["dtype"]]:
                 why.append(f"{n} is {shape} {dtype} in the engine, {tuple(spec['shape'])} {spec['dtype']} in the graph")
         if why:
             raise ArtifactError(f"{self.name}: the engine was not built from this graph: " + "; ".join(why)
@@ -176,10 +179,15 @@ class _Engine:
 
     def _capture(self) -> None:
         """Capture this engine's launch once its bindings are final (after one uncaptured run, as TensorRT
-        needs); later calls replay it."""
+        needs); later calls replay it. An engine that cannot be captured keeps running uncaptured."""
         g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, stream=self.backend.stream):
-            self._execute()
+        try:
+            with torch.cuda.graph(g, stream=self.backend.stream):
+                self._execute()
+        except RuntimeError as err:
+            self.graph_ok = False
+            warnings.warn(f"{self.name}: CUDA graph capture failed ({err}); running it without one", stacklevel=2)
+            return
         self.cuda_graph = g
 
     def seconds(self) -> float:
