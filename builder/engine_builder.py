@@ -76,18 +76,22 @@ def engine_file(graph: str, trt_version: str, compute_capability: str) -> str:
     return f"{ENGINE_DIR}/{graph}.trt{trt_version}.sm{compute_capability.replace('.', '')}.plan"
 
 
-class _Logger:
-    """Collects TensorRT's errors so a failed build can say why (and forwards warnings to the log)."""
+class TrtLogger:
+    """A TensorRT logger that keeps the errors, so a failed build, load or launch can say why; warnings and
+    errors also go to ``log`` when one is given."""
 
-    def __init__(self, trt, log: Callable[[str], None]):
+    def __init__(self, trt, log: Callable[[str], None] | None = None):
+        sink = self
+
         class Forward(trt.ILogger):
             def __init__(inner):
                 trt.ILogger.__init__(inner)
 
             def log(inner, severity, msg):
                 if severity in (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR):
-                    self.errors.append(str(msg))
-                if severity in (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR, trt.ILogger.WARNING):
+                    sink.errors.append(str(msg))
+                if log is not None and severity in (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR,
+                                                    trt.ILogger.WARNING):
                     log(f"  TensorRT: {msg}")
 
         self.errors: list[str] = []
@@ -105,7 +109,7 @@ class EngineBuilder:
         self.compute_capability = compute_capability
         self.arch = int(compute_capability.replace(".", ""))
         trt_plugin.register(self.arch)
-        self.sink = _Logger(trt, log)
+        self.sink = TrtLogger(trt, log)
         self.builder = trt.Builder(self.sink.logger)
         self.cache = None
 

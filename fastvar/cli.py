@@ -297,7 +297,8 @@ def _csv(text: str) -> tuple[str, ...]:
 @click.option("--aspect", default="1:1", show_default=True)
 @click.option("--schedules", default="none,fastvar", show_default=True,
               help="Schedules to compare, comma-separated (explicit specs separated by ';').")
-@click.option("--backends", default="onnxruntime,torch", show_default=True, help="Backends, comma-separated.")
+@click.option("--backends", default="onnxruntime,torch", show_default=True, help="Backends, comma-separated: "
+              "onnxruntime, torch, tensorrt (exports for TensorRT and builds the engines first; a GPU with TensorRT).")
 @click.option("--runs", type=int, default=3, show_default=True, help="Timed runs per configuration.")
 @click.option("--warmup", type=int, default=1, show_default=True, help="Untimed runs first.")
 @click.option("--text-len", type=int, default=64, show_default=True)

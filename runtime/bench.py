@@ -34,7 +34,8 @@ from fastvar.runtime.flops import step_macs
 from fastvar.runtime.generate import artifact_geometry, open_backend
 from fastvar.runtime.io import load_text_embeddings
 
-BACKENDS = ("onnxruntime", "torch")
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
+DEFAULT_BACKENDS = ("onnxruntime", "torch")
 
 
 @dataclass
@@ -44,7 +45,7 @@ class BenchOptions:
     resolutions: tuple[str, ...] = ("1024",)
     aspect: str = "1:1"
     schedules: tuple[str, ...] = ("none", "fastvar")
-    backends: tuple[str, ...] = BACKENDS
+    backends: tuple[str, ...] = DEFAULT_BACKENDS
     runs: int = 3
     warmup: int = 1
     text_len: int = 64
@@ -131,8 +132,8 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
         raise ValueError(f"--runs must be >= 1 and --warmup >= 0, got {opts.runs} and {opts.warmup}")
     unknown = [b for b in opts.backends if b not in BACKENDS]
     if unknown:
-        raise ValueError(f"unknown backends {unknown}; accepted here: {', '.join(BACKENDS)} (TensorRT: after "
-                         "fastvar-build, on a GPU)")
+        raise ValueError(f"unknown backends {unknown}; accepted: {', '.join(BACKENDS)} (tensorrt builds engines "
+                         "first: a GPU with TensorRT)")
     if opts.threads:
         torch.set_num_threads(opts.threads)
     peak = gemm_peak_gflops()
@@ -141,6 +142,7 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
     for res in opts.resolutions:
         for spec in opts.schedules:
             art = _artifact(opts, res, spec, log)
+            engine_art = _engine_artifact(opts, res, spec, log) if "tensorrt" in opts.backends else None
             d = art.data
             sched, plan, geom = scale_schedule(d["resolution"], d["aspect"]), art.plan(), artifact_geometry(art)
             text = load_text_embeddings(None, d["batch"], d["model"]["config"]["text_channels"],
@@ -148,7 +150,7 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
             macs = step_macs(_cfg(art), plan, 2 * d["batch"], d["batch"], d["text_len"])
             for backend in opts.backends:
                 _reset_peak_rss()
-                be = open_backend(art, backend)
+                be = open_backend(engine_art if backend == "tensorrt" else art, backend, _device(backend))
                 c = Config(res, spec, backend, macs=sum(m.macs for m in macs), pixels=d["pixels"][0] * d["pixels"][1])
                 for r in range(opts.warmup + opts.runs):
                     g0 = be.graph_seconds()
@@ -188,14 +190,30 @@ def _cfg(art: Artifact):
     return InfinityConfig(**c, vae=vae_cfg)
 
 
-def _artifact(opts: BenchOptions, res: str, spec: str, log: Callable[[str], None]) -> Artifact:
+def _artifact(opts: BenchOptions, res: str, spec: str, log: Callable[[str], None],
+              backend: str = "onnxruntime") -> Artifact:
     safe = spec.replace(":", "_").replace(",", "-")
     name = f"{opts.model}-d{opts.depth}-{res}-{opts.aspect.replace(':', 'x')}-{safe}"
+    if backend != "onnxruntime":
+        name += f"-{backend}"
     e = ExportOptions(model=opts.model, random_init=True, depth=opts.depth, res=res, aspect=opts.aspect,
-                      schedule=spec, text_len=opts.text_len, backend="onnxruntime",
-                      out=str(Path(opts.engines) / name))
+                      schedule=spec, text_len=opts.text_len, backend=backend, out=str(Path(opts.engines) / name))
     export(e, log=lambda m: log(f"  export: {m}"))
     return Artifact.load(e.out)
+
+
+def _engine_artifact(opts: BenchOptions, res: str, spec: str, log: Callable[[str], None]) -> Artifact:
+    """The same model and schedule exported for TensorRT (plugin node, unchunked attention), with engines
+    built (or found current) on this GPU."""
+    from fastvar.builder.engine_builder import build_engines
+
+    art = _artifact(opts, res, spec, log, backend="onnx")
+    build_engines(art.root, log=lambda m: log(f"  build: {m}"))
+    return Artifact.load(art.root)
+
+
+def _device(backend: str) -> str:
+    return "cuda" if backend == "tensorrt" else "cpu"
 
 
 def _report(opts: BenchOptions, configs: list[Config], peak: float) -> dict:

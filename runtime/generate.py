@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 from fastvar.export.models.factory import ModelOptions, build_pair, is_hart
 from fastvar.export.schedules import hart_prune_plan, hart_schedule, prune_plan, scale_schedule
 from fastvar.runtime.backends.torch_ref import TorchBackend
@@ -143,6 +145,9 @@ def open_backend(art, backend: str = "auto", device: str = "cpu"):
         if not art.data.get("engines"):
             raise ArtifactError(f"{art.root} has no TensorRT engines: run fastvar-build {art.root} on the GPU machine "
                                 "(or use --backend onnxruntime or torch)")
+        if not torch.cuda.is_available():
+            raise ArtifactError("the TensorRT backend runs on a CUDA GPU and this machine has none; use --backend "
+                                "onnxruntime or torch here")
         from fastvar.runtime.backends.tensorrt import TensorRTBackend
 
         return TensorRTBackend(art, "cuda")

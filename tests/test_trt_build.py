@@ -211,3 +211,15 @@ def test_fastvar_build_check_only_and_bad_usage(art_dir):
     assert r.exit_code == 2 and "no graph step_99" in r.output
     r = CliRunner().invoke(build_cmd, [str(art_dir), "--optimization-level", "7"])
     assert r.exit_code == 2 and "0<=x<=5" in r.output
+
+
+def test_tensorrt_backend_needs_engines_and_a_gpu(fake_tensorrt, art_dir):
+    from fastvar.manifest import Artifact, ArtifactError
+    from fastvar.runtime.generate import open_backend
+
+    with pytest.raises(ArtifactError, match="has no TensorRT engines: run fastvar-build"):
+        open_backend(Artifact.load(art_dir), "tensorrt")
+    _build(art_dir)
+    if not torch.cuda.is_available():
+        with pytest.raises(ArtifactError, match="runs on a CUDA GPU and this machine has none"):
+            open_backend(Artifact.load(art_dir), "tensorrt")

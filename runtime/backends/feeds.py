@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from fastvar.manifest import ArtifactError
 from fastvar.runtime.kv_cache import KVCache
 
 CONDITION_FEEDS = ("gss", "head_scale", "head_shift", "text_mask")
@@ -44,6 +45,22 @@ def step_feeds(inputs: dict, cond: dict[str, torch.Tensor], kv: KVCache, caches:
 def new_kv_block(name: str) -> int | None:
     """The block whose new K or V an output holds (``new_k_3`` -> 3), None for other outputs."""
     return int(name.rsplit("_", 1)[1]) if name.startswith(("new_k_", "new_v_")) else None
+
+
+def padded_text(text: torch.Tensor, cfg_active: bool, guidance: bool, text_len: int) -> torch.Tensor:
+    """The text states padded to the artifact's bucket (on the host), after checking the run fits the
+    artifact: guidance rows as exported, no more tokens than the bucket holds."""
+    if cfg_active != guidance:
+        raise ArtifactError("this artifact was exported " + ("with" if guidance else "without")
+                            + " classifier-free guidance; " + ("cfg must be != 1 to use it" if guidance
+                                                               else "run it with --cfg 1"))
+    b, lt, d = text.shape
+    if lt > text_len:
+        raise ArtifactError(f"the text has {lt} tokens; this artifact's text bucket holds {text_len} "
+                            "(re-export with a larger --text-len)")
+    padded = torch.zeros((b, text_len, d), dtype=torch.float32)
+    padded[:, :lt] = text
+    return padded
 
 
 def named_feeds(graph: str, inputs: dict, values: dict[str, torch.Tensor], cond: dict[str, torch.Tensor],

@@ -19,7 +19,7 @@ from fastvar.export.graphs import TORCH_DTYPES
 from fastvar.export.schedules import StepPlan
 from fastvar.export.weight_store import read_store
 from fastvar.manifest import Artifact, ArtifactError
-from fastvar.runtime.backends.feeds import named_feeds, new_kv_block, step_feeds
+from fastvar.runtime.backends.feeds import named_feeds, new_kv_block, padded_text, step_feeds
 from fastvar.runtime.kv_cache import KVCache
 
 _NP = {torch.float32: np.float32, torch.int64: np.int64, torch.bool: np.bool_, torch.float16: np.float16,
@@ -145,16 +145,7 @@ class OnnxRuntimeBackend:
         return sum(s.seconds for s in self.sessions.values() if s.rec["kind"] in kinds)
 
     def start(self, text: torch.Tensor, lengths: torch.Tensor, cfg_active: bool) -> None:
-        if cfg_active != self.guidance:
-            raise ArtifactError("this artifact was exported " + ("with" if self.guidance else "without")
-                                + " classifier-free guidance; " + ("cfg must be != 1 to use it" if self.guidance
-                                                                   else "run it with --cfg 1"))
-        b, lt, d = text.shape
-        if lt > self.text_len:
-            raise ArtifactError(f"the text has {lt} tokens; this artifact's text bucket holds {self.text_len} "
-                                "(re-export with a larger --text-len)")
-        padded = torch.zeros((b, self.text_len, d), dtype=torch.float32, device=self.torch_device)
-        padded[:, :lt] = text
+        padded = padded_text(text, cfg_active, self.guidance, self.text_len).to(self.torch_device)
         s = self.sessions["condition"]
         s.bind_input("text", padded)
         s.bind_input("text_lengths", lengths.to(self.torch_device, torch.int64).contiguous())

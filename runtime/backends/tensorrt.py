@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from fastvar.export.graphs import TORCH_DTYPES
 from fastvar.export.schedules import StepPlan
 from fastvar.export.weight_store import read_store
 from fastvar.manifest import Artifact, ArtifactError, sha256_file
-from fastvar.runtime.backends.feeds import new_kv_block, step_feeds
+from fastvar.runtime.backends.feeds import new_kv_block, padded_text, step_feeds
 from fastvar.runtime.kv_cache import KVCache
 
 PER_CALL = ("text", "text_lengths", "codes", "noise", "inv_tau", "cfg_scale")
@@ -39,22 +40,6 @@ PER_CALL = ("text", "text_lengths", "codes", "noise", "inv_tau", "cfg_scale")
 def _trt_dtypes(trt) -> dict:
     return {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16,
             trt.int64: torch.int64, trt.int32: torch.int32, trt.uint8: torch.uint8, trt.bool: torch.bool}
-
-
-class _Logger:
-    def __init__(self, trt) -> None:
-        sink = self
-
-        class Collect(trt.ILogger):
-            def __init__(inner):
-                trt.ILogger.__init__(inner)
-
-            def log(inner, severity, msg):
-                if severity in (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR):
-                    sink.errors.append(str(msg))
-
-        self.errors: list[str] = []
-        self.logger = Collect()
 
 
 class _Engine:
@@ -99,11 +84,13 @@ class _Engine:
         dtypes = _trt_dtypes(trt)
         for n in sorted(have & set(want)):
             spec = want[n]
-            if spec is None:
-                continue
             shape = tuple(self.engine.get_tensor_shape(n))
             dtype = dtypes.get(self.engine.get_tensor_dtype(n))
-            if shape != tuple(spec["shape"]) or dtype != TORCH_DTYPES[spec["dtype"]]:
+            if spec is None:  # a weight: it must match the store's tensor bound to it
+                w = self.backend.weights[n]
+                if shape != tuple(w.shape) or dtype != w.dtype:
+                    why.append(f"weight {n} is {shape} {dtype} in the engine, {tuple(w.shape)} {w.dtype} in the store")
+            elif shape != tuple(spec["shape"]) or dtype != TORCH_DTYPES[spec["dtype"]]:
                 why.append(f"{n} is {shape} {dtype} in the engine, {tuple(spec['shape'])} {spec['dtype']} in the graph")
         if why:
             raise ArtifactError(f"{self.name}: the engine was not built from this graph: " + "; ".join(why)
@@ -192,10 +179,15 @@ class _Engine:
 
     def _capture(self) -> None:
         """Capture this engine's launch once its bindings are final (after one uncaptured run, as TensorRT
-        needs); later calls replay it."""
+        needs); later calls replay it. An engine that cannot be captured keeps running uncaptured."""
         g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, stream=self.backend.stream):
-            self._execute()
+        try:
+            with torch.cuda.graph(g, stream=self.backend.stream):
+                self._execute()
+        except RuntimeError as err:
+            self.graph_ok = False
+            warnings.warn(f"{self.name}: CUDA graph capture failed ({err}); running it without one", stacklevel=2)
+            return
         self.cuda_graph = g
 
     def seconds(self) -> float:
@@ -211,7 +203,7 @@ class TensorRTBackend:
 
     def __init__(self, art: Artifact, device: str = "cuda", cuda_graphs: bool = True, trt=None,
                  graphs: list[str] | None = None) -> None:
-        from fastvar.builder.engine_builder import device_compute_capability, import_tensorrt
+        from fastvar.builder.engine_builder import TrtLogger, device_compute_capability, import_tensorrt
 
         self.trt = trt = trt or import_tensorrt()
         self.art = art
@@ -233,7 +225,7 @@ class TensorRTBackend:
             from fastvar.plugins.restore.trt_plugin import register
 
             register(int(cc.replace(".", "")))
-        self.sink = _Logger(trt)
+        self.sink = TrtLogger(trt)
         self.runtime = trt.Runtime(self.sink.logger)
         if self.on_cuda:
             self.stream = torch.cuda.Stream(self.device)
@@ -297,16 +289,7 @@ class TensorRTBackend:
         caller.wait_stream(self.stream)
 
     def start(self, text: torch.Tensor, lengths: torch.Tensor, cfg_active: bool) -> None:
-        if cfg_active != self.guidance:
-            raise ArtifactError("this artifact was exported " + ("with" if self.guidance else "without")
-                                + " classifier-free guidance; " + ("cfg must be != 1 to use it" if self.guidance
-                                                                   else "run it with --cfg 1"))
-        b, lt, d = text.shape
-        if lt > self.text_len:
-            raise ArtifactError(f"the text has {lt} tokens; this artifact's text bucket holds {self.text_len} "
-                                "(re-export with a larger --text-len)")
-        padded = torch.zeros((b, self.text_len, d), dtype=torch.float32)
-        padded[:, :lt] = text
+        padded = padded_text(text, cfg_active, self.guidance, self.text_len)
         e = self.engines["condition"]
         with self.on_stream():
             e.feed("text", padded)
