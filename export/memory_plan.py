@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from fastvar.export.kv_layout import block_cache_lengths
+from fastvar.export.kv_layout import block_cache_lengths, past_lengths
 from fastvar.export.models.bsq_vae import BSQVAEDecoder
 from fastvar.export.models.infinity import Infinity
 from fastvar.export.models.infinity_config import InfinityConfig
@@ -299,7 +299,7 @@ def markdown_table(plans: list[MemoryPlan]) -> str:
 
 def hart_memory_plan(model, tok, sched, plan: PrunePlan, batch: int, guidance: bool) -> MemoryPlan:
     """HART's plan (fp32): weights, the KV cache as the schedule fills it, the FastVAR restore caches and f_hat.
-    Counted from the (meta) modules and the plan; activations are not estimated for HART yet."""
+    Counted from the (meta) modules and the plan; the activation peak is an estimate of the largest step."""
     cfg = model.cfg
     rows = 2 * batch if guidance else batch
     f32 = 4
@@ -310,11 +310,20 @@ def hart_memory_plan(model, tok, sched, plan: PrunePlan, batch: int, guidance: b
     if plan.cache_scale is not None:
         cache = cfg.depth * 2 * rows * plan.steps[plan.cache_scale].tokens * cfg.width * f32
     f_hat = batch * cfg.cvae * cfg.final_side ** 2 * f32
+    peak, at = 0, 0
+    for st in plan.executed:  # decomposed attention's scores + probabilities and the SwiGLU hidden pair
+        n = st.kept if st.pruned else cfg.step_tokens(st.index)
+        past = max(past_lengths(plan, cfg.depth, st.index), default=0)
+        need = (2 * rows * cfg.heads * n * (past + n) + 2 * rows * n * cfg.mlp_hidden) * f32
+        if need > peak:
+            peak, at = need, st.index
     h, w = sched.pixels
     items = [MemoryItem("transformer weights", weights, "HART blocks, head and diffusion MLP, fp32"),
              MemoryItem("tokenizer weights", tok_weights, "codebook, Φ and the VQ decoder, fp32"),
              MemoryItem("KV cache", kv, f"{rows} rows, step 0 holds the {cfg.context_tokens}-token text"),
              MemoryItem("restore caches", cache, "attention and MLP outputs of every block at the 36x36 step"),
-             MemoryItem("f_hat", f_hat, "the summed latent")]
+             MemoryItem("f_hat", f_hat, "the summed latent"),
+             MemoryItem("peak step activations", peak, f"step {at}: attention scores and probabilities, "
+                        "SwiGLU hidden (estimate)")]
     return MemoryPlan(model=cfg.name, resolution=str(h), pixels=(h, w), batch=batch, precision="fp32",
                       schedule=plan.spec, items=items)

@@ -190,6 +190,9 @@ def test_bad_hart_exports_are_refused_specifically(tmp_path, args, message):
 def test_plan_and_explicit_schedules(tmp_path):
     r = CliRunner().invoke(export_cmd, ["--model", "hart-0.7b", "--random-init", "--plan"])
     assert r.exit_code == 0 and "KV cache" in r.output, r.output
+    peak = {spec: plan_memory(ExportOptions(model="hart-0.7b", random_init=True, schedule=spec))
+            .item("peak step activations").bytes for spec in ("fastvar", "none")}
+    assert 0 < peak["fastvar"] < peak["none"] / 4  # the 64x64 step attends with 1024 of its 4096 queries
     sched = hart_schedule(preset("hart-tiny").patch_nums)
     plan = hart_prune_plan(sched, "48:0.25", 2, 300)
     assert [(s.index, s.kept) for s in plan.steps if s.pruned] == [(12, 2304 - 576)] and plan.cache_scale == 11
