@@ -308,15 +308,16 @@ class DecoderGraph:
         return GraphDef("decoder", "decoder", [codes], [image])
 
     def module(self) -> nn.Module:
-        vae = self.vae
+        return DecodeModule(self.vae)
 
-        class _Decode(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.vae = vae
 
-            def forward(self, codes: torch.Tensor) -> torch.Tensor:
-                return self.vae.decode(codes)
+class DecodeModule(nn.Module):
+    """``decoder.decode`` as a module of its own: what a decoder graph traces (its weights stay initializers)."""
 
-        return _Decode()
+    def __init__(self, decoder: nn.Module) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.decoder.decode(codes)
 

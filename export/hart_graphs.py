@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from fastvar.export.fastvar import select_pivotal_topk
-from fastvar.export.graphs import GraphDef, Shapes, _CallModel, _param_names, _spec, _Traced
+from fastvar.export.graphs import DecodeModule, GraphDef, Shapes, _CallModel, _param_names, _spec, _Traced
 from fastvar.export.kv_layout import new_length, past_lengths
 from fastvar.export.models.hart import HART, HARTConditioning
 from fastvar.export.models.hart_fastvar import HARTPruneStep
@@ -253,14 +253,4 @@ class HARTDecoderGraph:
                         [_spec("image", (self.batch, 3, p * stride, p * stride), "float32")])
 
     def module(self) -> nn.Module:
-        tok = self.tok
-
-        class _Decode(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.tok = tok
-
-            def forward(self, f_hat: torch.Tensor) -> torch.Tensor:
-                return self.tok.decode(f_hat)
-
-        return _Decode()
+        return DecodeModule(self.tok)

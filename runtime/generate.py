@@ -24,6 +24,18 @@ class RunOptions(ModelOptions):
     more_smooth: bool = True  # HART: feed back the Gumbel-soft codebook mixture (upstream's sample.py default)
 
 
+def _finish(res, out: str, save_tokens: str | None, save_logits: str | None, timings: str | None, load_s: float,
+            log: Callable[[str], None]) -> dict:
+    """Write a direct reference run's images, tokens, logits and timings; returns the timings report."""
+    paths = _write_outputs(res, out, save_tokens, save_logits)
+    report = {"load_s": load_s, **res.timings, "images": [str(p) for p in paths]}
+    if timings:
+        write_json(timings, report)
+    log(f"loop {res.timings['loop_s']:.2f}s, decode {res.timings['decode_s']:.2f}s; per step: "
+        + ", ".join(f"{s['index']}:{s['seconds']:.3f}s" for s in res.timings["steps"]))
+    return report
+
+
 def _write_outputs(res, out: str, save_tokens: str | None, save_logits: str | None) -> list:
     """The image(s), and the token and logit archives when asked: every run writes them the same way."""
     paths = write_images(res.images, out)
@@ -58,13 +70,7 @@ def run_reference(opts: RunOptions, out: str, save_tokens: str | None = None, sa
     geom = Geometry(bits=cfg.bits, codebook_dim=cfg.vae.codebook_dim, patchify=cfg.spatial_patchify)
     res = generate(backend, sched, plan, geom, text, lengths, opts.seed, opts.cfg, opts.tau,
                    force_tokens=forced, keep_logits=save_logits is not None)
-    paths = _write_outputs(res, out, save_tokens, save_logits)
-    report = {"load_s": load_s, **res.timings, "images": [str(p) for p in paths]}
-    if timings:
-        write_json(timings, report)
-    log(f"loop {res.timings['loop_s']:.2f}s, decode {res.timings['decode_s']:.2f}s; per step: "
-        + ", ".join(f"{s['index']}:{s['seconds']:.3f}s" for s in res.timings["steps"]))
-    return report
+    return _finish(res, out, save_tokens, save_logits, timings, load_s, log)
 
 
 def _run_hart_reference(opts: RunOptions, out: str, save_tokens: str | None, save_logits: str | None,
@@ -87,13 +93,7 @@ def _run_hart_reference(opts: RunOptions, out: str, save_tokens: str | None, sav
     geom = hart_geometry(cfg.to_dict(), opts.more_smooth)
     res = generate(HARTTorchBackend(model, tok, plan), sched, plan, geom, text, lengths, opts.seed, opts.cfg,
                    opts.tau, force_tokens=forced, keep_logits=save_logits is not None)
-    paths = _write_outputs(res, out, save_tokens, save_logits)
-    report = {"load_s": load_s, **res.timings, "images": [str(p) for p in paths]}
-    if timings:
-        write_json(timings, report)
-    log(f"loop {res.timings['loop_s']:.2f}s, decode {res.timings['decode_s']:.2f}s; per step: "
-        + ", ".join(f"{s['index']}:{s['seconds']:.3f}s" for s in res.timings["steps"]))
-    return report
+    return _finish(res, out, save_tokens, save_logits, timings, load_s, log)
 
 
 def hart_geometry(cfg: dict, more_smooth: bool = True) -> HARTGeometry:
