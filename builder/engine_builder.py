@@ -203,6 +203,13 @@ def build_engines(root: str | Path, opts: BuildOptions | None = None, log: Calla
         raise ArtifactError(f"{art.root} has no graph {', '.join(unknown)} to build; graphs: {', '.join(known)}")
     require_compatible(art)
     trt = import_tensorrt()
+    if art.has_plugin_nodes:
+        from fastvar.plugins.restore.trt_plugin import require_triton
+
+        try:
+            require_triton()
+        except ImportError as err:
+            raise ArtifactError(str(err)) from None
     cc = opts.compute_capability or device_compute_capability()
     trt_version = trt.__version__
     cache_path = Path(opts.timing_cache) if opts.timing_cache else (

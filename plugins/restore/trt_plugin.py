@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from .onnx_op import DOMAIN, OP_TYPE, OP_TYPE_ADD, OP_TYPES, PLUGIN_VERSION
-from .triton_kernel import FUSED_ARGS, FUSED_BLOCKS
 
 PLUGIN_ID = f"{DOMAIN}::{OP_TYPE}"
 PLUGIN_ID_ADD = f"{DOMAIN}::{OP_TYPE_ADD}"
@@ -87,9 +86,8 @@ def aot_kernel(dtype: str, index_dtype: str, cache_hw: tuple[int, int], out_hw: 
     """The fused kernel for one dtype and size pair on ``sm_{arch}``, ready to embed (no GPU needed).
     ``kept``: K when the engine's shapes fix it (a tighter loop); None compiles for any K <= out_h*out_w.
     ``residual_dtype``: FastVARRestoreAdd's kernel (one more input, the residual, first)."""
-    import triton
-
-    from .triton_kernel import compile_fused
+    triton = require_triton()
+    from .triton_kernel import FUSED_ARGS, compile_fused
 
     compiled = compile_fused(cache_hw, out_hw, dtype, arch, index_dtype, kept, residual_dtype)
     name = compiled.metadata.name
@@ -99,8 +97,21 @@ def aot_kernel(dtype: str, index_dtype: str, cache_hw: tuple[int, int], out_hw: 
                      arch=arch, hidden_params_removed=removed, triton_version=triton.__version__)
 
 
+def require_triton():
+    """The triton module, or a clear error: the plugin's kernel is compiled by Triton (this module itself
+    imports without it, so engines that embed the kernel load on machines that lack it)."""
+    try:
+        import triton
+    except ImportError:
+        raise ImportError("the FastVARRestore plugin's kernel is compiled by Triton, which is not installed: "
+                          "pip install 'fastvar-trt[triton]' (Triton 3.6.0, which the PTX is made with)") from None
+    return triton
+
+
 def launch_grid(batch, positions, channels):
     """(grid_x, grid_y) of the fused kernel; works on ints and on TensorRT shape expressions alike."""
+    from .triton_kernel import FUSED_BLOCKS
+
     p, c = FUSED_BLOCKS["BLOCK_P"], FUSED_BLOCKS["BLOCK_C"]
     return batch * ((positions + p - 1) // p), (channels + c - 1) // c
 
@@ -271,4 +282,4 @@ def plugin_fingerprint(model, arch: int) -> dict:
 
 
 __all__ = ["PLUGIN_ID", "PLUGIN_ID_ADD", "AotKernel", "aot_kernel", "launch_grid", "node_kernels",
-           "plugin_fingerprint", "register", "registered_arch", "strip_hidden_params"]
+           "plugin_fingerprint", "register", "registered_arch", "require_triton", "strip_hidden_params"]
