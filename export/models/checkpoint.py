@@ -77,23 +77,28 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             sd.update(_load_safetensors(shard))
         return sd
     if path.name.endswith(".index.json"):
-        try:
-            weight_map = json.loads(path.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as err:
-            raise CheckpointError(f"{path} is not a safetensors index (no weight_map: {err})") from None
-        sd = {}
-        for shard in sorted(set(weight_map.values())):
-            shard_path = path.parent / shard
-            if not shard_path.exists():
-                raise CheckpointError(f"shard {shard_path} named by {path.name} is missing")
-            sd.update(_load_safetensors(shard_path))
-        missing = sorted(set(weight_map) - set(sd))
-        if missing:
-            raise CheckpointError(f"the shards lack {len(missing)} keys their index names, e.g. {missing[:3]}")
-        return sd
+        return _read_index(path)
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
     return _load_pickle(path)
+
+
+def _read_index(index: Path) -> dict[str, torch.Tensor]:
+    """A Hugging Face shard index (safetensors or pickle shards): every shard it names, checked complete."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{index} is not a shard index (no weight_map: {err})") from None
+    sd: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        path = index.parent / shard
+        if not path.exists():
+            raise CheckpointError(f"shard {path} named by {index.name} is missing")
+        sd.update(_load_safetensors(path) if path.suffix == ".safetensors" else _load_pickle(path))
+    missing = sorted(set(weight_map) - set(sd))
+    if missing:
+        raise CheckpointError(f"the shards lack {len(missing)} keys their index names, e.g. {missing[:3]}")
+    return sd
 
 
 def _check_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> None:

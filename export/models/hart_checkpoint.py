@@ -62,32 +62,12 @@ def read_hf_config(folder: str | os.PathLike, model_type: str) -> dict:
     return hf
 
 
-def _read_index(index: Path) -> dict[str, torch.Tensor]:
-    """A Hugging Face shard index (safetensors or pickle shards): every shard it names, checked complete."""
-    if index.name.endswith(".safetensors.index.json"):
-        return read_state_dict(index)
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{index} is not a shard index (no weight_map: {err})") from None
-    sd: dict[str, torch.Tensor] = {}
-    for shard in sorted(set(weight_map.values())):
-        path = index.parent / shard
-        if not path.exists():
-            raise CheckpointError(f"shard {path} named by {index.name} is missing")
-        sd.update(read_state_dict(path))
-    missing = sorted(set(weight_map) - set(sd))
-    if missing:
-        raise CheckpointError(f"the shards lack {len(missing)} keys their index names, e.g. {missing[:3]}")
-    return sd
-
-
 def read_hf_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
     """The weights of a Hugging Face folder and the file they came from."""
     for name in WEIGHT_FILES:
         path = folder / name
         if path.exists():
-            sd = _read_index(path) if name.endswith(".index.json") else read_state_dict(path)
+            sd = read_state_dict(path)
             return _tensors_only(sd, path), path
     raise CheckpointError(f"{folder} holds no weights: expected one of {', '.join(WEIGHT_FILES)}")
 
