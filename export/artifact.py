@@ -182,9 +182,7 @@ def _hart_graphs(model, tok, plan: PrunePlan, shapes: Shapes, restore_fns: dict)
         HARTStepGraph,
     )
 
-    if "restore_add_fn" in restore_fns:
-        raise ValueError("--restore-op custom-add is not built for HART yet; use custom or standard")
-    restore = {"restore_fn": restore_fns["restore_fn"]}
+    restore = restore_fns
     pns = model.cfg.patch_nums
     out: list = [HARTConditionGraph(model, shapes)]
     out += [HARTStepGraph(model, plan, st, shapes, **restore) for st in plan.executed]
@@ -249,9 +247,6 @@ def resolve(opts: ExportOptions) -> tuple[ModelSource, ScaleSchedule, PrunePlan,
 def _resolve_hart(opts: ExportOptions, source: ModelSource) -> tuple[ModelSource, ScaleSchedule, PrunePlan, Shapes]:
     """HART: the checkpoint's schedule, its FastVAR plan, and the text padded to exactly its context length."""
     cfg = source.cfg
-    if opts.backend == "tensorrt":
-        raise ValueError("HART's TensorRT runtime is not built yet (docs/design/hart.md): export --backend onnxruntime "
-                         "to run it, or --backend onnx for the graphs alone")
     if opts.precision != "fp32":
         raise ValueError(f"HART runs in fp32 only so far (got --precision {opts.precision}); see docs/design/hart.md")
     if opts.text_len not in (ExportOptions.text_len, cfg.context_tokens):
@@ -288,7 +283,7 @@ def default_out(opts: ExportOptions) -> Path:
 
 def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
     """Write (or bring up to date) the artifact of ``opts``; returns the manifest."""
-    if opts.backend == "tensorrt" and not is_hart(opts.model):
+    if opts.backend == "tensorrt":
         _require_tensorrt()
     source, sched, plan, shapes = resolve(opts)
     mem = _memory_plan(source, sched, plan, shapes, opts.precision)

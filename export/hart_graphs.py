@@ -75,11 +75,13 @@ class HARTStepGraph:
     """
 
     def __init__(self, model: HART, plan: PrunePlan, st: StepPlan, shapes: Shapes,
-                 restore_fn: Callable[..., torch.Tensor] | None = None, given_indices: bool = False) -> None:
+                 restore_fn: Callable[..., torch.Tensor] | None = None, given_indices: bool = False,
+                 restore_add_fn: Callable[..., torch.Tensor] | None = None) -> None:
         if given_indices and not st.pruned:
             raise ValueError(f"step {st.index} is not pruned: it has no validation variant")
         self.model, self.plan, self.st, self.shapes = model, plan, st, shapes
         self.restore_fn, self.given_indices = restore_fn, given_indices
+        self.restore_add_fn = restore_add_fn  # the restore fused with its residual add (one node instead of two)
         self.last = st.index == plan.executed[-1].index
 
     @property
@@ -130,6 +132,8 @@ class HARTStepGraph:
         if not st.pruned:
             return None
         extra = {} if self.restore_fn is None else {"restore": self.restore_fn}
+        if self.restore_add_fn is not None:
+            extra["restore_add"] = self.restore_add_fn
         return HARTPruneStep(kept=st.kept, hw=(st.h, st.w), cache_hw=plan.cache_hw, block_range=plan.block_range,
                              select=select_pivotal_topk, **extra)
 

@@ -301,7 +301,8 @@ def _csv(text: str) -> tuple[str, ...]:
               "onnxruntime, torch, tensorrt (exports for TensorRT and builds the engines first; a GPU with TensorRT).")
 @click.option("--runs", type=int, default=3, show_default=True, help="Timed runs per configuration.")
 @click.option("--warmup", type=int, default=1, show_default=True, help="Untimed runs first.")
-@click.option("--text-len", type=int, default=64, show_default=True)
+@click.option("--text-len", type=int, help="Infinity: the text bucket the artifacts are exported with "
+              "[default: 64]. HART always takes its 300-token context (another value is refused).")
 @click.option("--threads", type=int, help="Intra-op threads for PyTorch (ONNX Runtime uses its default).")
 @click.option("--engines", default="engines/bench", show_default=True, help="Where the benchmark's artifacts live.")
 @click.option("--out", default="bench", show_default=True, help="Where bench.json, bench.txt and plots go.")
@@ -312,6 +313,8 @@ def bench_cmd(model_name, depth, res, aspect, schedules, backends, runs, warmup,
     memory, and with several resolutions the cost exponent.
 
     Example: fastvar-bench --model infinity-2b --depth 2 --res 512,1024 --runs 3
+
+    HART (1024 px, 1:1 only): fastvar-bench --model hart-0.7b --depth 2 --runs 3
     """
     from fastvar.runtime.bench import BenchOptions, run_bench
 

@@ -8,6 +8,11 @@ VAE decode, which costs the same under every schedule), per-step medians, the ru
 Then the ratios pair by pair, the compute ceiling of each schedule pair (multiply-adds counted from the
 schedule), the achieved FLOP rate against a dense-GEMM peak measured in the same run, and, over a
 resolution sweep, the exponent of cost in pixel count. Ratios are only ever taken within one run.
+
+Both families take the same path; ``Family`` holds what differs. HART runs at its checkpoint's
+1024-px square schedule only, with its 300-token text context and guidance 4.5 (Infinity: the text
+bucket, guidance 4 and tau 0.5); its loop also runs the diffusion head and the ``next_input`` graphs,
+which count as graph time (and the diffusion head as multiply-adds, ``runtime/flops.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +32,28 @@ import torch
 
 from fastvar.atomic import atomic_write_bytes, atomic_write_json
 from fastvar.export.artifact import ExportOptions, export
-from fastvar.export.schedules import scale_schedule
+from fastvar.export.models.factory import is_hart
+from fastvar.export.models.hart_config import HARTConfig
+from fastvar.export.models.hart_config import preset as hart_preset
+from fastvar.export.models.infinity_config import InfinityConfig, VAEConfig
+from fastvar.export.schedules import hart_schedule
 from fastvar.manifest import Artifact
 from fastvar.runtime.chain import generate
 from fastvar.runtime.flops import step_macs
-from fastvar.runtime.generate import artifact_geometry, open_backend
+from fastvar.runtime.generate import (
+    artifact_geometry,
+    artifact_schedule,
+    default_cfg,
+    is_hart_artifact,
+    open_backend,
+    text_channels,
+)
 from fastvar.runtime.io import load_text_embeddings
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 DEFAULT_BACKENDS = ("onnxruntime", "torch")
+INFINITY_TEXT_LEN = 64  # the text bucket Infinity's artifacts are exported with unless --text-len says otherwise
+TAU = 0.5  # Infinity's sampling temperature (upstream's default); HART has none
 
 
 @dataclass
@@ -48,7 +66,7 @@ class BenchOptions:
     backends: tuple[str, ...] = DEFAULT_BACKENDS
     runs: int = 3
     warmup: int = 1
-    text_len: int = 64
+    text_len: int | None = None  # None: the family's (Infinity 64; HART always its 300-token context)
     threads: int | None = None
     engines: str = "engines/bench"
     out: str = "bench"
@@ -125,15 +143,14 @@ def fit_exponent(pixels: list[int], seconds: list[float]) -> float | None:
 
 
 def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
-    if opts.model.startswith("hart"):
-        raise ValueError("fastvar-bench measures Infinity models so far; HART's FLOP model and bench configs are not "
-                         "built (docs/design/hart.md). Time a HART artifact with fastvar-run DIR --timings FILE.json")
     if opts.runs < 1 or opts.warmup < 0:
         raise ValueError(f"--runs must be >= 1 and --warmup >= 0, got {opts.runs} and {opts.warmup}")
     unknown = [b for b in opts.backends if b not in BACKENDS]
     if unknown:
         raise ValueError(f"unknown backends {unknown}; accepted: {', '.join(BACKENDS)} (tensorrt builds engines "
                          "first: a GPU with TensorRT)")
+    family = _family(opts)
+    opts = replace(opts, text_len=family.text_len)
     if opts.threads:
         torch.set_num_threads(opts.threads)
     peak = gemm_peak_gflops()
@@ -144,23 +161,24 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
             art = _artifact(opts, res, spec, log)
             engine_art = _engine_artifact(opts, res, spec, log) if "tensorrt" in opts.backends else None
             d = art.data
-            sched, plan, geom = scale_schedule(d["resolution"], d["aspect"]), art.plan(), artifact_geometry(art)
-            text = load_text_embeddings(None, d["batch"], d["model"]["config"]["text_channels"],
-                                        default_len=min(16, d["text_len"]))
-            macs = step_macs(_cfg(art), plan, 2 * d["batch"], d["batch"], d["text_len"])
+            sched, plan, geom = artifact_schedule(art), art.plan(), artifact_geometry(art)
+            text = load_text_embeddings(None, d["batch"], text_channels(art), default_len=min(16, d["text_len"]))
+            rows = 2 * d["batch"] if d["guidance"] else d["batch"]
+            macs = step_macs(model_config(art), plan, rows, d["batch"], d["text_len"])
+            guidance = default_cfg(art)
             for backend in opts.backends:
                 _reset_peak_rss()
                 be = open_backend(engine_art if backend == "tensorrt" else art, backend, _device(backend))
                 c = Config(res, spec, backend, macs=sum(m.macs for m in macs), pixels=d["pixels"][0] * d["pixels"][1])
                 for r in range(opts.warmup + opts.runs):
-                    g0 = be.graph_seconds()
-                    out = generate(be, sched, plan, geom, *text, 0, 4.0, 0.5)
+                    g0 = be.graph_seconds(family.loop_graphs)
+                    out = generate(be, sched, plan, geom, *text, 0, guidance, TAU)
                     if r < opts.warmup:
                         continue
                     t = out.timings
                     c.loop_s.append(t["loop_s"])
                     c.e2e_s.append(t["loop_s"] + t["decode_s"])
-                    c.graph_s.append(be.graph_seconds() - g0)
+                    c.graph_s.append(be.graph_seconds(family.loop_graphs) - g0)
                     for s in t["steps"]:
                         c.steps.setdefault(s["index"], []).append(s["seconds"])
                 c.kv_bytes, c.peak_rss_bytes = be.kv.nbytes, _peak_rss()
@@ -178,10 +196,33 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
     return report
 
 
-def _cfg(art: Artifact):
-    from fastvar.export.models.infinity_config import InfinityConfig, VAEConfig
+@dataclass(frozen=True)
+class Family:
+    """What the bench does differently per model family; everything else is one path."""
 
+    text_len: int  # the export's text bucket
+    loop_graphs: tuple[str, ...]  # graph kinds inside the loop: the rest of the loop time is the runtime's own
+
+
+def _family(opts: BenchOptions) -> Family:
+    """The family of ``opts.model``, its options checked before anything is measured or exported."""
+    if not is_hart(opts.model):
+        return Family(INFINITY_TEXT_LEN if opts.text_len is None else opts.text_len, ("condition", "step"))
+    cfg = hart_preset(opts.model)
+    if opts.text_len not in (None, cfg.context_tokens):
+        raise ValueError(f"{opts.model} takes exactly {cfg.context_tokens} text tokens (its padded context); "
+                         f"--text-len {opts.text_len} does not apply to HART (leave it out)")
+    for res in opts.resolutions:
+        hart_schedule(cfg.patch_nums, res, opts.aspect)  # refuses other resolutions and aspects, naming HART's
+    # the diffusion head and next_input are graphs of HART's loop (the tokenizer step is host code in Infinity's)
+    return Family(cfg.context_tokens, ("condition", "step", "diffusion", "next_input"))
+
+
+def model_config(art: Artifact) -> InfinityConfig | HARTConfig:
+    """The model config an artifact was exported with (its manifest's ``model.config``)."""
     c = dict(art.data["model"]["config"])
+    if is_hart_artifact(art):
+        return HARTConfig.from_dict(c)
     vae = c.pop("vae")
     for k in ("head_dim", "bits", "vocab"):
         c.pop(k, None)

@@ -136,12 +136,9 @@ def open_backend(art, backend: str = "auto", device: str = "cpu"):
     if backend not in BACKEND_CHOICES:
         raise ValueError(f"unknown backend {backend!r}; accepted: {', '.join(BACKEND_CHOICES)}")
     if backend == "auto":
-        engines = art.data.get("engines") and _importable("tensorrt") and not is_hart_artifact(art)
+        engines = art.data.get("engines") and _importable("tensorrt")
         backend = "tensorrt" if engines else "onnxruntime"
     if backend == "tensorrt":
-        if is_hart_artifact(art):
-            raise ArtifactError("HART artifacts run on ONNX Runtime or torch so far; the TensorRT backend does not "
-                                "chain HART's graphs yet (docs/design/hart.md)")
         if not art.data.get("engines"):
             raise ArtifactError(f"{art.root} has no TensorRT engines: run fastvar-build {art.root} on the GPU machine "
                                 "(or use --backend onnxruntime or torch)")

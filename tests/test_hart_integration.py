@@ -129,7 +129,7 @@ def test_run_writes_indices_and_logits_and_forcing_reproduces_them(hart_artifact
     r = CliRunner().invoke(run_cmd, [*args, "--cfg", "0"])
     assert r.exit_code == 2 and "give a --cfg other than 0" in r.output
     r = CliRunner().invoke(run_cmd, [str(hart_artifact), "--backend", "tensorrt"])
-    assert r.exit_code == 2 and "HART artifacts run on ONNX Runtime or torch" in r.output
+    assert r.exit_code == 2 and "has no TensorRT engines: run fastvar-build" in r.output
 
 
 def test_chain_with_the_torch_backend_is_the_reference_generation():
@@ -178,8 +178,7 @@ def test_ckpt_dir_in_upstream_layout_loads_strictly_for_export_and_run(tmp_path)
     (["--aspect", "16:9"], "HART runs square images only"),
     (["--text-len", "77"], "HART takes exactly 300 text tokens"),
     (["--precision", "bf16"], "HART runs in fp32 only"),
-    (["--restore-op", "custom-add"], "custom-add is not built for HART"),
-    (["--backend", "tensorrt"], "HART's TensorRT runtime is not built yet"),
+    (["--backend", "tensorrt"], "--backend tensorrt needs TensorRT, which does not import here"),
     (["--schedule", "27:0.5"], "restores from the 36x36 step"),
 ])
 def test_bad_hart_exports_are_refused_specifically(tmp_path, args, message):
@@ -199,9 +198,11 @@ def test_plan_and_explicit_schedules(tmp_path):
     assert not any(s.pruned for s in hart_prune_plan(sched, "none", 2, 300).steps)
 
 
-def test_custom_restore_node_step_reproduces_the_golden_outputs(hart_artifact, backends):
-    """``--restore-op custom``: the 64x64 step with FastVARRestore nodes (ONNX Runtime runs them as PyOps) gives the
-    reference's outputs on the golden inputs of a real generation, with the same kept sets."""
+@pytest.mark.parametrize("restore_op,node", [("custom", "FastVARRestore"), ("custom-add", "FastVARRestoreAdd")])
+def test_custom_restore_node_step_reproduces_the_golden_outputs(hart_artifact, backends, restore_op, node):
+    """``--restore-op custom`` / ``custom-add``: the 64x64 step with FastVARRestore(Add) nodes (ONNX Runtime runs
+    them as PyOps) gives the reference's outputs on the golden inputs of a real generation, with the same kept
+    sets; the fused node leaves no separate residual Add behind."""
     import onnx
     import onnxruntime as ort
 
@@ -219,12 +220,15 @@ def test_custom_restore_node_step_reproduces_the_golden_outputs(hart_artifact, b
         write_goldens(art, log=lambda _: None)
     register_schema()
     plan = art.plan()
-    graph = HARTStepGraph(ref_be.model, plan, plan.steps[13], Shapes(1, 300, True),
-                          restore_fn=restore_spelling("custom")["restore_fn"])
+    graph = HARTStepGraph(ref_be.model, plan, plan.steps[13], Shapes(1, 300, True), **restore_spelling(restore_op))
     data, d = export_graph(graph.module(), graph.definition(), dict(ref_be.model.named_parameters()) |
                            dict(ref_be.model.named_buffers()), translation_table())
     model = onnx.load_from_string(data)
-    assert sum(n.op_type == "FastVARRestore" for n in model.graph.node) == 4  # 2 blocks x (attention, MLP)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count(node) == 4 and len({"FastVARRestore", "FastVARRestoreAdd"} & set(ops)) == 1  # 2 blocks x 2
+    plain = sum(o == "Add" for o in ops)
+    if restore_op == "custom-add":  # the four residual adds of the pruned sub-layers are inside the nodes
+        assert plain == plain_adds(ref_be.model, plan, restore_spelling("custom")) - 4
     sess = ort.InferenceSession(for_onnxruntime(model).SerializeToString(), session_options(),
                                 providers=["CPUExecutionProvider"])
     feeds = read_npz(hart_artifact / GOLDENS / "step_13.inputs.npz")
@@ -237,3 +241,18 @@ def test_custom_restore_node_step_reproduces_the_golden_outputs(hart_artifact, b
             assert all(set(a) == set(b) for a, b in zip(got[name], ref, strict=True)), name
         else:
             assert np.abs(got[name] - ref).max() <= 1e-4 * np.abs(ref).max(), name
+
+
+def plain_adds(model, plan, restore) -> int:
+    """Add nodes of the 64x64 step graph exported with ``restore`` (the count the fused spelling must lower)."""
+    import onnx
+
+    from fastvar.export.graphs import Shapes
+    from fastvar.export.hart_graphs import HARTStepGraph
+    from fastvar.export.onnx_export import export_graph
+    from fastvar.plugins.restore.onnx_op import translation_table
+
+    graph = HARTStepGraph(model, plan, plan.steps[13], Shapes(1, 300, True), **restore)
+    data, _ = export_graph(graph.module(), graph.definition(), dict(model.named_parameters()) |
+                           dict(model.named_buffers()), translation_table())
+    return sum(n.op_type == "Add" for n in onnx.load_from_string(data).graph.node)

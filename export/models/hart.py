@@ -268,19 +268,24 @@ class HART(nn.Module):
             idx = p.select(xx, p.kept) if p.given is None else p.given[i - lo][sub]
             return gather_tokens(xx, idx), idx
 
-        def put(out: torch.Tensor, idx: torch.Tensor | None, cache: torch.Tensor | None) -> torch.Tensor:
-            return out if idx is None else p.restore(out, idx, cache, p.cache_hw, p.hw)
+        def add(res: torch.Tensor, out: torch.Tensor, idx: torch.Tensor | None,
+                cache: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+            """The residual add and the full sub-layer map (None where the fused restore-add never forms it)."""
+            if idx is None:
+                return res + out, out
+            if p.restore_add is not None:
+                return p.restore_add(res, out, idx, cache, p.cache_hw, p.hw), None
+            full = p.restore(out, idx, cache, p.cache_hw, p.hw)
+            return res + full, full
 
         xs, idx_a = pick(x, 0)
         c, s = cos, sin
         if idx_a is not None:  # kept tokens keep their own RoPE rows (upstream gathers cos/sin too)
             c, s = gather_tokens(cos, idx_a), gather_tokens(sin, idx_a)
         attn, k, v = blk.attn(blk.ln_wo_grad(xs), c, s, past_k, past_v)
-        attn = put(attn, idx_a, rc[0] if rc else None)
-        x = x + attn
+        x, attn = add(x, attn, idx_a, rc[0] if rc else None)
         xs, idx_f = pick(x, 1)
-        mlp = put(blk.ffn(blk.ln_wo_grad(xs)), idx_f, rc[1] if rc else None)
-        x = x + mlp
+        x, mlp = add(x, blk.ffn(blk.ln_wo_grad(xs)), idx_f, rc[1] if rc else None)
         return x, k, v, (attn, mlp), (idx_a, idx_f)
 
     # ---- the whole sequence at once (the meaning the cached steps must reproduce) ---------------

@@ -143,6 +143,33 @@ class HARTConfig:
         d.update(head_dim=self.head_dim, mlp_hidden=self.mlp_hidden, num_scales=self.num_scales)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> HARTConfig:
+        """The inverse of ``to_dict`` (an artifact manifest's ``model.config``), strict: every field and
+        derived value present, no other key, and the derived values equal to what the fields give."""
+        derived = ("head_dim", "mlp_hidden", "num_scales")
+        fields = _exact_keys("HART config", d, [f.name for f in dataclasses.fields(cls)] + list(derived))
+        tok = _exact_keys("HART tokenizer config", fields.pop("tokenizer"),
+                          [f.name for f in dataclasses.fields(HARTTokenizerConfig)])
+        tok["ch_mult"] = tuple(tok["ch_mult"])
+        given = {k: fields.pop(k) for k in derived}
+        cfg = cls(**{**fields, "patch_nums": tuple(fields["patch_nums"]), "tokenizer": HARTTokenizerConfig(**tok)})
+        wrong = [f"{k}={v!r} (the fields give {getattr(cfg, k)!r})" for k, v in given.items() if v != getattr(cfg, k)]
+        if wrong:
+            raise ValueError(f"HART config: derived values disagree with its fields: {', '.join(wrong)}")
+        return cfg
+
+
+def _exact_keys(what: str, d: dict, names: list[str]) -> dict:
+    """A copy of ``d`` holding exactly ``names``; the error names what is missing and what is extra."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{what}: expected a mapping, got {type(d).__name__}")
+    missing, extra = [n for n in names if n not in d], sorted(set(d) - set(names))
+    if missing or extra:
+        raise ValueError(f"{what}: " + "; ".join(p for p in (f"missing {', '.join(missing)}" if missing else "",
+                                                             f"unknown {', '.join(extra)}" if extra else "") if p))
+    return dict(d)
+
 
 # What this reference builds for each upstream switch; anything else is another network.
 _REQUIRED = {"attn_type": "llama", "mlp_type": "llama", "disable_aln": True, "shared_aln": False,

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 TRAIN_STEPS = 1000
 VAE_SCALE = 0.6
+TIME_FREQ_DIM = 256  # sinusoid width the timestep MLP reads
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -36,7 +37,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 class TimestepEmbedder(nn.Module):
     """Sinusoid -> Linear -> SiLU -> Linear (``mlp.0`` / ``mlp.2``); also HART's optional level embedding."""
 
-    def __init__(self, hidden: int, freq_dim: int = 256) -> None:
+    def __init__(self, hidden: int, freq_dim: int = TIME_FREQ_DIM) -> None:
         super().__init__()
         self.freq_dim = freq_dim
         self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))

@@ -27,7 +27,8 @@ PRUNE_FRACTIONS: dict[int, float] = {48: 0.5, 64: 0.75}
 class HARTPruneStep:
     """FastVAR at one HART step: kept count per sub-layer (attention, MLP), the grid and the cache grid.
 
-    ``select``/``restore`` default to the reference definitions; a graph export passes its own spellings.
+    ``select``/``restore`` default to the reference definitions; a graph export passes its own spellings
+    (and ``restore_add``, the restore fused with the residual add that follows it).
     ``given`` supplies the kept indices per block as (attn, mlp) pairs, each (B2, K), instead of selecting
     (validation graphs compare compute on identical tokens). ``block_range`` is [lo, hi); upstream: all.
     """
@@ -38,6 +39,8 @@ class HARTPruneStep:
     block_range: tuple[int, int] | None = None
     select: Callable[[torch.Tensor, int], torch.Tensor] = select_pivotal
     restore: Callable[..., torch.Tensor] = restore
+    # residual + restore(...) as one call (the fused FastVARRestoreAdd node); None: the add follows restore
+    restore_add: Callable[..., torch.Tensor] | None = None
     given: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def covers(self, block: int) -> bool:

@@ -19,8 +19,10 @@ import torch
 
 
 def context_position_ids(mask: torch.Tensor) -> torch.Tensor:
-    """(B, Lt) bool valid-token mask -> (B, Lt) int64 position ids, as upstream's encode_prompts makes them."""
-    return torch.cumsum(mask.long(), dim=1) - 1
+    """(B, Lt) bool valid-token mask -> (B, Lt) int64 position ids, as upstream's encode_prompts makes them.
+
+    Summed in float32 (exact: counts stay far below 2**24) because TensorRT's CumSum takes floats only."""
+    return (torch.cumsum(mask.float(), dim=1) - 1).long()
 
 
 def _inv_freq(head_dim: int, stride: int, theta: float) -> torch.Tensor:

@@ -9,20 +9,28 @@ from __future__ import annotations
 
 import torch
 
-from fastvar.manifest import ArtifactError
+from fastvar.export.graphs import TORCH_DTYPES
+from fastvar.manifest import Artifact, ArtifactError
 from fastvar.runtime.kv_cache import KVCache
 
 CONDITION_FEEDS = ("gss", "head_scale", "head_shift", "text_mask")
 
 
-def step_feeds(inputs: dict, cond: dict[str, torch.Tensor], kv: KVCache, caches: dict[str, torch.Tensor],
-               index: int, codes_in: torch.Tensor | None, cfg: float, inv_tau: float, noise: torch.Tensor,
-               device: torch.device, host_values: bool = False) -> dict[str, torch.Tensor]:
+def step_feeds(graph: str, hart: bool, inputs: dict, cond: dict[str, torch.Tensor], kv: KVCache,
+               caches: dict[str, torch.Tensor], index: int, codes_in: torch.Tensor | None, cfg: float, inv_tau: float,
+               noise: torch.Tensor | None, device: torch.device, host_values: bool = False) -> dict[str, torch.Tensor]:
     """Every input of one step graph (``inputs``: its name -> spec table), weights excepted.
 
+    Infinity's steps take the conditioning, ``sos`` or ``codes``, τ and the noise of their in-graph
+    sampling; HART's take ``x_in`` and the step's guidance weight, the rest found by name.
     ``host_values``: leave the scalars and the noise on the host (a backend that stages them into device
     buffers asynchronously; creating them on a GPU here would wait for the stream)."""
     values = torch.device("cpu") if host_values else device
+    if hart:
+        given = {"cfg_scale": torch.tensor(cfg, dtype=torch.float32, device=values)}
+        if codes_in is not None:
+            given["x_in"] = codes_in.to(device, torch.float32).contiguous()
+        return named_feeds(graph, inputs, given, cond, kv, caches)
     feeds = {name: cond[name] for name in CONDITION_FEEDS}
     feeds["inv_tau"] = torch.tensor(inv_tau, dtype=torch.float32, device=values)
     feeds["noise"] = noise.to(values, torch.float32).contiguous()
@@ -82,3 +90,12 @@ def named_feeds(graph: str, inputs: dict, values: dict[str, torch.Tensor], cond:
         else:
             raise ValueError(f"{graph}: nothing provides its input {name!r}")
     return feeds
+
+
+def kv_dtype(art: Artifact) -> torch.dtype:
+    """The KV cache's dtype: what the step graphs write (fp32 when no step writes any)."""
+    for g in art.data["graphs"].values():
+        for t in g["outputs"]:
+            if t["name"].startswith("new_k_"):
+                return TORCH_DTYPES[t["dtype"]]
+    return torch.float32

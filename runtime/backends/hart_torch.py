@@ -42,7 +42,8 @@ class HARTTorchBackend:
         self.hidden: torch.Tensor | None = None  # the last step's hidden states (the diffusion head reads them)
         self.kept_sets: dict[int, dict[str, np.ndarray]] = {}
         self.last_output: HARTStepOutput | None = None
-        self.seconds = {"condition": 0.0, "step": 0.0, "decoder": 0.0}
+        # time inside the model per graph kind, as the ONNX Runtime backend keeps it (benchmarks)
+        self.seconds = {"condition": 0.0, "step": 0.0, "diffusion": 0.0, "next_input": 0.0, "decoder": 0.0}
 
     @property
     def batch(self) -> int:
@@ -100,14 +101,20 @@ class HARTTorchBackend:
     def diffusion(self, discrete: torch.Tensor, noise: torch.Tensor, weight: float) -> torch.Tensor:
         """The diffusion head's residual (B, L, Cvae) for the last step's hidden states."""
         m, b = self.model, self.cond.batch
+        t0 = time.perf_counter()
         z = m.diffusion_condition(self.hidden, discrete, self.cond)
         guided = self.cond.rows != b
         weight_t = torch.tensor(weight, dtype=torch.float32, device=self.device) if guided else None
-        return m.diffloss.sample(z, noise, guidance=weight_t).view(b, -1, m.cfg.cvae)
+        residual = m.diffloss.sample(z, noise, guidance=weight_t).view(b, -1, m.cfg.cvae)
+        self.seconds["diffusion"] += time.perf_counter() - t0
+        return residual
 
     def next_input(self, si: int, f_hat: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pns = self.model.cfg.patch_nums
-        return self.tok.next_input(si, f_hat, self.tok.tokens_to_map(tokens, pns[si]), pns)
+        t0 = time.perf_counter()
+        out = self.tok.next_input(si, f_hat, self.tok.tokens_to_map(tokens, pns[si]), pns)
+        self.seconds["next_input"] += time.perf_counter() - t0
+        return out
 
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()

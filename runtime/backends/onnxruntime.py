@@ -19,7 +19,8 @@ from fastvar.export.graphs import TORCH_DTYPES
 from fastvar.export.schedules import StepPlan
 from fastvar.export.weight_store import read_store
 from fastvar.manifest import Artifact, ArtifactError
-from fastvar.runtime.backends.feeds import named_feeds, new_kv_block, padded_text, step_feeds
+from fastvar.runtime.backends.feeds import kv_dtype, new_kv_block, padded_text, step_feeds
+from fastvar.runtime.backends.hart_calls import HARTGraphCalls
 from fastvar.runtime.kv_cache import KVCache
 
 _NP = {torch.float32: np.float32, torch.int64: np.int64, torch.bool: np.bool_, torch.float16: np.float16,
@@ -50,6 +51,10 @@ class _Session:
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = threads
+        # ORT's worker threads spin after each run by default, taking the cores from the loop's own work
+        # between graph calls (sampling, HART's embedding). Measured on 2 cores, loop medians: hart-tiny
+        # 1024 fastvar 1.05 s -> 0.20 s, infinity-tiny depth 4 512 fastvar 0.131 s -> 0.068 s.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if rec["kind"] == "decoder":
             # The VAE keeps its weights as initializers; the CPU provider's NCHWc layout pass would hold a
             # reordered copy beside them (2.7x the weights measured). Extended fusions without it: 1x.
@@ -108,7 +113,7 @@ class _Session:
         return {n: self.bound[n] for n in self.outputs}
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(HARTGraphCalls):
     name = "onnxruntime"
 
     def __init__(self, art: Artifact, device: str = "cpu", threads: int | None = None) -> None:
@@ -153,24 +158,17 @@ class OnnxRuntimeBackend:
             s.bind_output(name)
         self.cond = s.run()
         rows = self.cond["head_scale"].shape[0]
-        dtype = TORCH_DTYPES[s.outputs["ca_k_0"]["dtype"]] if "ca_k_0" in s.outputs else torch.float32
-        self.kv = KVCache(self.plan, self.depth, rows, self.heads, self.head_dim, dtype, self.torch_device)
+        self.kv = KVCache(self.plan, self.depth, rows, self.heads, self.head_dim, kv_dtype(self.art), self.torch_device)
         self.caches, self.kept_sets = {}, {}
 
     def step(self, st: StepPlan, codes_in: torch.Tensor | None, cfg: float, inv_tau: float,
              write_kv: bool, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and the bits sampled in the graph from ``noise``."""
+        """Logits, and the bits sampled in the graph from ``noise`` (Infinity; HART samples in the loop: None)."""
         s = self.sessions.get(f"step_{st.index:02d}")
         if s is None:
             raise ArtifactError(f"{self.art.root} has no graph for step {st.index}")
-        if self.hart:  # x_in and the step's guidance weight; the rest by name
-            values = {"cfg_scale": torch.tensor(cfg, dtype=torch.float32, device=self.torch_device)}
-            if codes_in is not None:
-                values["x_in"] = codes_in.to(self.torch_device, torch.float32).contiguous()
-            feeds = named_feeds(s.name, s.inputs, values, self.cond, self.kv, self.caches)
-        else:
-            feeds = step_feeds(s.inputs, self.cond, self.kv, self.caches, st.index, codes_in, cfg, inv_tau, noise,
-                               self.torch_device)
+        feeds = step_feeds(s.name, self.hart, s.inputs, self.cond, self.kv, self.caches, st.index, codes_in, cfg,
+                           inv_tau, noise, self.torch_device)
         for name, t in feeds.items():
             s.bind_input(name, t)
         slices = {}
@@ -203,23 +201,9 @@ class OnnxRuntimeBackend:
             s.bind_output(n)
         return s.run()
 
-    def diffusion(self, discrete: torch.Tensor, noise: torch.Tensor, weight: float) -> torch.Tensor:
-        """HART: the diffusion head's residual (B, L, Cvae) from the last step's hidden states."""
-        feeds = {"hidden": self.hidden, "discrete": discrete.float(), "noise": noise.float()}
-        if "cfg_scale" in self.sessions["diffusion"].inputs:
-            feeds["cfg_scale"] = torch.tensor(weight, dtype=torch.float32)
-        return self._run("diffusion", feeds)["residual"]
-
-    def next_input(self, si: int, f_hat: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """HART: step si's tokens into f_hat and the next step's input; the last step's tokens are added as they
-        are (no Φ, no next input), which needs no graph."""
-        name = f"next_input_{si:02d}"
-        if name not in self.sessions:
-            side = int(round(tokens.shape[1] ** 0.5))
-            f_hat = f_hat + tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
-            return f_hat, f_hat.flatten(2).transpose(1, 2)
-        out = self._run(name, {"f_hat": f_hat.float(), "tokens": tokens.float()})
-        return out["f_hat_next"], out["x_next"]
+    def _graph_inputs(self, name: str) -> dict | None:
+        s = self.sessions.get(name)
+        return None if s is None else s.inputs
 
     def decode(self, summed: torch.Tensor) -> torch.Tensor:
         s = self.sessions["decoder"]

@@ -10,8 +10,9 @@
   per-call inputs (noise, codes, scalars) are copied into owned buffers, so every step's bindings are the
   same on every image and a CUDA graph captured once per step replays (AOT plugin engines only: a JIT
   plugin calls back into Python).
-- Sampling happens in the step engines (``bits`` output); the chain keeps codes on the device, so
-  nothing waits for the host between steps. NVTX ranges name each engine; CUDA events time it.
+- Infinity samples in the step engines (``bits`` output); HART samples in the loop on the device, then
+  runs its next-input, diffusion and decoder engines. The chain keeps tokens on the device, so nothing
+  waits for the host between steps. NVTX ranges name each engine; CUDA events time it.
 
 Every engine's compatibility record is checked against this machine before anything is deserialized,
 and its I/O against the manifest's graph, with every reason given.
@@ -31,10 +32,12 @@ from fastvar.export.graphs import TORCH_DTYPES
 from fastvar.export.schedules import StepPlan
 from fastvar.export.weight_store import read_store
 from fastvar.manifest import Artifact, ArtifactError, sha256_file
-from fastvar.runtime.backends.feeds import new_kv_block, padded_text, step_feeds
+from fastvar.runtime.backends.feeds import kv_dtype, new_kv_block, padded_text, step_feeds
+from fastvar.runtime.backends.hart_calls import HARTGraphCalls
 from fastvar.runtime.kv_cache import KVCache
 
-PER_CALL = ("text", "text_lengths", "codes", "noise", "inv_tau", "cfg_scale")
+# Inputs whose values change per call: copied into owned buffers, so an engine's addresses never change.
+PER_CALL = ("text", "text_lengths", "codes", "noise", "inv_tau", "cfg_scale", "x_in", "discrete", "f_hat", "tokens")
 
 
 def _trt_dtypes(trt) -> dict:
@@ -198,7 +201,7 @@ class _Engine:
         return sum(s.elapsed_time(e) for s, e in self.events) / 1000.0
 
 
-class TensorRTBackend:
+class TensorRTBackend(HARTGraphCalls):
     name = "tensorrt"
 
     def __init__(self, art: Artifact, device: str = "cuda", cuda_graphs: bool = True, trt=None,
@@ -243,13 +246,18 @@ class TensorRTBackend:
         self.plan = art.plan()
         cfg = art.data["model"]["config"]
         self.depth = cfg["depth"]
+        self.hart = art.data["model"].get("family") == "hart"
+        self.batch = art.data["batch"]
         self.text_len, self.guidance = art.data["text_len"], art.data["guidance"]
         cond = self.engines["condition"]
         self.cond = {n: cond.output(n) for n in cond.outputs}
-        self.kv = KVCache(self.plan, self.depth, self.cond["gss"].shape[0], cfg["heads"], cfg["head_dim"],
-                          self.cond["ca_k_0"].dtype, self.device)
+        self.kv = KVCache(self.plan, self.depth, self.cond["head_scale"].shape[0], cfg["heads"], cfg["head_dim"],
+                          kv_dtype(art), self.device)
         self.caches: dict[str, torch.Tensor] = {}
         self._kept: dict[int, dict[str, torch.Tensor]] = {}
+        self.hidden: torch.Tensor | None = None
+        codebook = art.data.get("codebook")  # HART embeds sampled indices itself: the store's codebook rows
+        self.codebook = self.weights[codebook] if codebook else None
 
     @staticmethod
     def check_machine(art: Artifact, names: list[str], trt_version: str, cc: str) -> None:
@@ -304,8 +312,8 @@ class TensorRTBackend:
         if e is None:
             raise ArtifactError(f"{self.art.root} has no engine for step {st.index}")
         with self.on_stream():
-            feeds = step_feeds(e.inputs, self.cond, self.kv, self.caches, st.index, codes_in, cfg, inv_tau, noise,
-                               self.device, host_values=True)
+            feeds = step_feeds(e.name, self.hart, e.inputs, self.cond, self.kv, self.caches, st.index, codes_in, cfg,
+                               inv_tau, noise, self.device, host_values=True)
             for name, t in feeds.items():
                 e.feed(name, t)
             written = {}
@@ -327,22 +335,41 @@ class TensorRTBackend:
         kept = {n: t.clone() for n, t in out.items() if n.startswith("kept_")}  # device copies: no host sync
         if kept:
             self._kept[st.index] = kept
-        return out["logits"], out["bits"]
+        self.hidden = out.get("hidden")
+        return out["logits"], out.get("bits")
 
     @property
     def kept_sets(self) -> dict[int, dict[str, np.ndarray]]:
         """Kept indices of the pruned steps of the last image (parity checks read them after a run)."""
         return {i: {n: t.cpu().numpy() for n, t in sets.items()} for i, sets in self._kept.items()}
 
-    def decode(self, summed: torch.Tensor) -> torch.Tensor:
-        e = self.engines["decoder"]
+    def _run(self, name: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Run an engine whose every input is given, on the backend's stream (HART's next-input and
+        diffusion engines); its outputs stay in buffers owned here."""
+        e = self.engines[name]
         with self.on_stream():
-            e.feed("codes", summed.to(self.device, torch.float32).contiguous())
+            for n, t in feeds.items():
+                e.feed(n, t)
+            for n in e.outputs:
+                e.output(n)
+            return e.run()
+
+    def _graph_inputs(self, name: str) -> dict | None:
+        e = self.engines.get(name)
+        return None if e is None else e.inputs
+
+    def decode(self, summed: torch.Tensor) -> torch.Tensor:
+        """The image from Infinity's summed codes or HART's f_hat (each decoder's one input)."""
+        e = self.engines["decoder"]
+        (name,) = e.inputs
+        with self.on_stream():
+            e.feed(name, summed.to(self.device, torch.float32).contiguous())
             image = e.output("image")
             e.run()
         if self.on_cuda:
             self.stream.synchronize()
         return image
+
 
 
 def _has_triton() -> bool:

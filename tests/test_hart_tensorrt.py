@@ -1,0 +1,116 @@
+"""HART through fastvar-build and the TensorRT backend, against the fake ``tensorrt`` (tests/fake_tensorrt): the
+graphs pass the static check, every engine is built with the FastVARRestoreAdd plugin where HART prunes, and the
+one chain runs condition, steps, next-input, diffusion and decoder engines with the same results as ONNX Runtime."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="the plugin's AOT kernel is compiled by Triton (pip install triton)")
+pytest.importorskip("onnxruntime_extensions", reason="the fake runs FastVARRestoreAdd through the ORT custom op")
+
+
+@pytest.fixture(scope="module")
+def hart_graphs(tmp_path_factory):
+    """hart-tiny (depth 1) with FastVAR, exported for TensorRT with the fused restore-add node (about 45 s)."""
+    from fastvar.export.artifact import ExportOptions, export
+
+    root = tmp_path_factory.mktemp("hart_trt") / "art"
+    export(ExportOptions(model="hart-tiny", random_init=True, depth=1, res="1024", schedule="fastvar", backend="onnx",
+                         restore_op="custom-add", out=str(root)), log=lambda _: None)
+    return root
+
+
+@pytest.fixture
+def art_dir(hart_graphs, tmp_path):
+    root = tmp_path / "art"
+    shutil.copytree(hart_graphs, root)
+    return root
+
+
+def _ort_with_restore(model):
+    import onnx
+    import onnxruntime as ort
+
+    from fastvar.plugins.restore.ort_op import for_onnxruntime, session_options
+
+    proto = onnx.load(model) if isinstance(model, str) else onnx.load_from_string(model)
+    return ort.InferenceSession(for_onnxruntime(proto).SerializeToString(), session_options(ort.SessionOptions()),
+                                providers=["CPUExecutionProvider"])
+
+
+def _build(root, **kw):
+    from fastvar.builder.engine_builder import BuildOptions, build_engines
+
+    return build_engines(root, BuildOptions(compute_capability="9.0", **kw), log=lambda _: None)
+
+
+def _generate(be, art, seed=0, force=None):
+    from fastvar.runtime.chain import generate
+    from fastvar.runtime.generate import artifact_geometry, artifact_schedule
+
+    text = torch.randn(1, 7, 1536, generator=torch.Generator().manual_seed(2))
+    return generate(be, artifact_schedule(art), art.plan(), artifact_geometry(art, more_smooth=False), text,
+                    torch.tensor([7]), seed, 4.5, 1.0, force_tokens=force, keep_logits=True)
+
+
+def test_hart_graphs_pass_the_check_and_build_with_the_fused_plugin(fake_tensorrt, art_dir):
+    from click.testing import CliRunner
+
+    from fastvar.cli import build_cmd
+    from fastvar.manifest import Artifact
+
+    r = CliRunner().invoke(build_cmd, [str(art_dir), "--check-only"])
+    assert r.exit_code == 0 and "32 graphs pass the TensorRT compatibility check" in r.output, r.output
+    engines = _build(art_dir)
+    art = Artifact.load(art_dir)
+    assert set(engines) == set(art.run_graphs())
+    assert {"condition", "diffusion", "decoder", "next_input_00", "next_input_12", "step_13"} <= set(engines)
+    for i in range(14):
+        header = fake_tensorrt._fake.read_plan((art_dir / engines[f"step_{i:02d}"]["path"]).read_bytes())
+        plugins = [p["name"] for p in header["plugins"]]
+        # depth 1: one block x (attention, MLP) restored at the two pruned steps, nothing elsewhere
+        assert plugins == (["FastVARRestoreAdd"] * 2 if i in (12, 13) else []), (i, plugins)
+
+
+def test_hart_tensorrt_chain_equals_onnxruntime_and_repeats_exactly(fake_tensorrt, art_dir):
+    from fastvar.manifest import Artifact
+    from fastvar.runtime.backends.tensorrt import TensorRTBackend
+    from fastvar.runtime.generate import open_backend
+
+    trt = fake_tensorrt
+    _build(art_dir)
+    trt._fake.set_session_factory(_ort_with_restore)
+    art = Artifact.load(art_dir)
+    be = TensorRTBackend(art, "cpu")
+    first = _generate(be, art)
+    ran = [e for e in trt._fake.executions]
+    assert len(ran) == 1 + 14 + 13 + 1 + 1  # condition, 14 steps, 13 next inputs, diffusion, decoder
+    ort = _generate(open_backend(art, "onnxruntime"), art, force=first.tokens)
+    for k, want in ort.logits.items():
+        assert np.abs(first.logits[k] - want).max() <= 1e-5 * np.abs(want).max(), k
+    assert all(np.array_equal(ort.tokens[k], first.tokens[k]) for k in first.tokens)
+    assert np.abs(first.images.astype(int) - ort.images.astype(int)).max() <= 1  # diffusion head and decoder too
+    for name in ("diffusion", "next_input_05", "decoder"):  # every engine's weights come from the one store
+        for w in art.graph(name)["weights"]:
+            assert be.engines[name].context.get_tensor_address(w) == be.weights[w].data_ptr()
+    assert be.engines["diffusion"].context.get_tensor_address("hidden") == be.hidden.data_ptr()
+    again = _generate(be, art)  # the same buffers and addresses, a second image
+    assert all(np.array_equal(again.tokens[k], first.tokens[k]) for k in first.tokens)
+    assert np.array_equal(again.images, first.images)
+
+
+def test_fastvar_validate_judges_the_hart_engines(fake_tensorrt, art_dir):
+    from fastvar.validate.run import validate
+
+    fake_tensorrt._fake.set_session_factory(_ort_with_restore)
+    _build(art_dir, validation=True)
+    lines = []
+    code, report = validate(str(art_dir), backend="tensorrt", log=lines.append)
+    assert code == 0, report["failures"]
+    assert len(report["graphs"]) == 32 and all(g["passed"] for g in report["graphs"])
+    assert "end to end (tensorrt vs torch)" in "\n".join(lines)
