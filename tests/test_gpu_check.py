@@ -41,7 +41,7 @@ def test_cpu_quick_run_passes_every_section(tmp_path):
     done, report = _run(tmp_path, "--device", "cpu", "--quick")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     secs = report["sections"]
-    assert set(secs) == {"environment", "restore_exactness", "bandwidth", "speedup"}
+    assert set(secs) == {"environment", "restore_exactness", "bandwidth", "speedup", "hart"}
     assert secs["environment"]["torch"] and secs["environment"]["TRITON_INTERPRET"] == "1"
     assert Path(report["fastvar_from"]) == REPO  # the checkout's code, whatever is installed
 
@@ -68,8 +68,18 @@ def test_cpu_quick_run_passes_every_section(tmp_path):
     assert m["status"] == "passed" and m["kernel_calls"] == m["expected_calls"] > 0
     assert m["tokens_equal"] and m["logits_max_abs_diff"] == 0.0 and m["images_equal"]
 
+    h = secs["hart"]  # hart-tiny, one block: 2 pruned steps x (attention, MLP) restored by the fused kernel
+    assert h["status"] == "done" and h["model"] == "hart-tiny" and h["depth"] == 1 and h["precision"] == "fp32"
+    assert h["schedules"]["fastvar"]["executed_steps"] == h["schedules"]["none"]["executed_steps"] == 14
+    assert 1 < h["speedup"]["compute_ceiling"] and h["schedules"]["fastvar"]["kv_cache_bytes"] < \
+        h["schedules"]["none"]["kv_cache_bytes"]
+    m = h["in_model_kernel"]
+    assert m["status"] == "passed" and m["kernel_calls"] == m["expected_calls"] == 4
+    assert m["tokens_equal"] and m["logits_max_abs_diff"] == 0.0 and m["images_equal"]
+
     assert report["exactness_passed"] is True and report["exit_status"] == 0
-    assert "exactness: PASSED" in (tmp_path / "gpu_check.txt").read_text()
+    text = (tmp_path / "gpu_check.txt").read_text()
+    assert "exactness: PASSED" in text and "hart: done, hart-tiny depth 1/2" in text
 
 
 @pytest.mark.slow
@@ -90,7 +100,7 @@ def test_planted_mismatch_fails_the_check_and_bandwidth_code_runs(tmp_path):
     assert report["exactness_passed"] is False and "FAIL" in done.stdout
 
 
-def test_cuda_case_list_covers_the_kernels_dtypes_and_2b_geometries():
+def test_cuda_case_list_covers_the_kernels_dtypes_and_2b_and_hart_geometries():
     gc = _load()
     cases = gc.build_cases("cuda", quick=False)
     runs = {(c.dtype, k) for c in cases for k in c.kernels}
@@ -103,6 +113,10 @@ def test_cuda_case_list_covers_the_kernels_dtypes_and_2b_geometries():
     # the pruned steps of the 1024 and 2K fastvar plans, cache at the 24x24 step
     assert plan == {((24, 24), (32, 32), 615), ((24, 24), (40, 40), 800), ((24, 24), (84, 84), 1764)}
     assert all(c.batch == 2 and c.channels == 2048 for c in cases if c.group.startswith("infinity-2b"))
+    hart = {(c.cache_hw, c.out_hw, c.kept, c.dtype) for c in cases if c.group.startswith("hart-0.7b")}
+    assert hart == {((36, 36), (48, 48), 1152, d) for d in ("float32", "float16")} | \
+        {((36, 36), (64, 64), 1024, d) for d in ("float32", "float16")}
+    assert all(c.channels == 1536 for c in cases if c.group.startswith("hart-0.7b"))
     extra = {c.out_hw for c in cases if c.cache_hw == (32, 32)}
     assert extra == {(40, 40), (48, 48), (64, 64)}
     assert any(c.idx_dtype == "int32" for c in cases)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Prepared GPU check: one command, under 5 minutes on one H100; CUDA, PyTorch and Triton, no TensorRT.
+"""Prepared GPU check: one command, under 6 minutes on one H100; CUDA, PyTorch and Triton, no TensorRT.
 
     python tools/gpu_check.py --out DIR [--quick]
     TRITON_INTERPRET=1 python tools/gpu_check.py --device cpu --quick --out DIR   # CI: toy sizes, same code
@@ -8,8 +8,9 @@
 2. restore_exactness: the FastVARRestore Triton kernels (two launches, ``restore_triton``; one fused launch,
    ``restore_triton_fused``) on the device against ``restore_reference`` computed on the CPU (the definition),
    torch.equal: fp32/fp16/bf16, batch 1 and 3, K = L and K = 1, non-dividing windows (24->40, 36->64),
-   int32 indices, and the geometries of Infinity-2B's fastvar plans (B = 2 CFG rows, C = 2048), random
-   kept-index permutations. The kernels against the CUDA reference are reported too (not gating).
+   int32 indices, and the geometries of Infinity-2B's fastvar plans (B = 2 CFG rows, C = 2048) and of
+   HART-0.7B's (36x36 -> 48x48 and 64x64, C = 1536), random kept-index permutations. The kernels against
+   the CUDA reference are reported too (not gating).
 3. bandwidth: the fused and two-launch kernels, the torch reference and a device-to-device copy of the
    output at the 2B geometries (bf16): median CUDA-event times with L2 flushed ("cold") and from a CUDA graph
    of back-to-back launches ("hot"), compulsory bytes (read cache + kept + idx, write output) -> GB/s.
@@ -18,6 +19,7 @@
    (synchronised), peak GPU memory, the multiply-add ceiling; and the fastvar run with the fused kernel
    patched into the model's restore, whose logits and tokens must equal the reference's (gating when the
    reference itself repeats bit for bit).
+5. hart: the same two checks for hart-0.7b at full depth (fp32, as exported), 1024, guidance 4.5.
 
 Writes DIR/gpu_check.json after every section (a killed run keeps what finished) and DIR/gpu_check.txt.
 Exit status: 0 every exactness check passed and every section ran; 1 an exactness check failed or could
@@ -27,6 +29,7 @@ not run; 2 exactness passed but another section failed (its error text is in the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib.abc
 import importlib.util
@@ -46,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 # pyproject.toml's [tool.setuptools.package-dir], used when tomllib cannot read it (Python 3.10)
 PACKAGE_DIRS = {"fastvar": "fastvar", "fastvar.export": "export", "fastvar.runtime": "runtime",
                 "fastvar.plugins": "plugins", "fastvar.validate": "validate", "fastvar.builder": "builder"}
-SECTIONS = ("environment", "restore_exactness", "bandwidth", "speedup")
+SECTIONS = ("environment", "restore_exactness", "bandwidth", "speedup", "hart")
 KERNELS = ("two-launch", "fused", "fused-add")  # fused-add: FastVARRestoreAdd, on an fp32 residual
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -215,6 +218,17 @@ def plan_geometries(resolutions: tuple[str, ...], depth: int = 32) -> list[tuple
     return out
 
 
+def hart_geometries() -> list[tuple[str, tuple, tuple, int]]:
+    """(group, cache grid, step grid, kept) of HART's fastvar plan at 1024 (36x36 -> 48x48 keeping 1152,
+    -> 64x64 keeping 1024), read off export/schedules.py."""
+    from fastvar.export.models.hart_config import preset
+    from fastvar.export.schedules import hart_prune_plan, hart_schedule
+
+    cfg = preset("hart-0.7b")
+    plan = hart_prune_plan(hart_schedule(cfg.patch_nums), "fastvar", cfg.depth, cfg.context_tokens)
+    return [("fastvar 1024", tuple(plan.cache_hw), (st.h, st.w), st.kept) for st in plan.steps if st.pruned]
+
+
 def build_cases(device: str, quick: bool) -> list[Case]:
     """The case list: full-size on CUDA; on the CPU (Triton's interpreter, a few ms per program) the same
     kinds of case at toy sizes."""
@@ -254,6 +268,9 @@ def build_cases(device: str, quick: bool) -> list[Case]:
         for chw, ohw, k in extra:
             cases.append(Case("32x32 cache, K = L/2", chw, ohw, 2, k, dt, plan_channels))
     if device == "cuda" and not quick:
+        for group, chw, ohw, k in hart_geometries():
+            for dt in ("float32", "float16"):  # HART is exported fp32; upstream runs it under fp16 autocast
+                cases.append(Case(f"hart-0.7b {group}", chw, ohw, 2, k, dt, 1536))
         for group, chw, ohw, k in plans[-1:]:
             cases.append(Case(f"infinity-2b {group}", chw, ohw, 2, k, "bfloat16", plan_channels, idx_dtype="int32"))
     return [Case(**{**asdict(c), "seed": i}) for i, c in enumerate(cases)]
@@ -585,44 +602,31 @@ def _logits_diff(a, b) -> float | None:
                for k in a.logits)
 
 
-def in_model_check(ctx: Context, model, vae, sched, geom, text, lengths, gen_args: dict,
-                   block_range: tuple[int, int] | None) -> dict:
+def in_model_check(ctx: Context, make_backend: Callable[[], object], patch_restore: Callable[[Callable], object],
+                   gen: Callable, expected: int, block_range: tuple[int, int]) -> dict:
     """The fastvar run with the fused kernel as the model's restore (what the TensorRT plugin does) must
-    give the reference run's logits and tokens bit for bit, provided the reference repeats itself."""
-    from unittest import mock
-
+    give the reference run's logits and tokens bit for bit, provided the reference repeats itself.
+    ``patch_restore(fn)``: a context in which the backend's prune steps restore with ``fn``."""
     import numpy as np
 
-    from fastvar.export.models.infinity import PruneStep
-    from fastvar.export.schedules import prune_plan
-    from fastvar.runtime.backends import torch_ref
-    from fastvar.runtime.chain import generate
-
     fused = _kernel_fns()["fused"]
-    plan = prune_plan(sched, "fastvar", model.cfg.depth, block_range=block_range)
     calls = [0]
 
     def counted(*a, **kw):
         calls[0] += 1
         return fused(*a, **kw)
 
-    def gen(backend, keep_logits):
-        return generate(backend, sched, plan, geom, text, lengths, keep_logits=keep_logits, **gen_args)
-
     def run(patched: bool):
-        if not patched:
-            return _Run(torch_ref.TorchBackend(model, vae, sched, plan), ctx.device)(gen, True)
-        with mock.patch.object(torch_ref, "PruneStep", functools.partial(PruneStep, restore=counted)):
-            return _Run(torch_ref.TorchBackend(model, vae, sched, plan), ctx.device)(gen, True)
+        with patch_restore(counted) if patched else contextlib.nullcontext():
+            return _Run(make_backend(), ctx.device)(gen, True)
 
-    expected = sum(st.pruned for st in plan.steps) * (plan.block_range[1] - plan.block_range[0]) * 3
     ref_a, t_ref = run(False)
     if ctx.device == "cuda":
         run(True)  # compiles the kernel's specialisations outside the timed run
     calls[0] = 0
     tri, t_tri = run(True)
     ref_b, _ = run(False)
-    res = {"kernel": "restore_triton_fused", "plan_block_range": list(plan.block_range),
+    res = {"kernel": "restore_triton_fused", "plan_block_range": list(block_range),
            "kernel_calls": calls[0], "expected_calls": expected,
            "reference_repeats_itself": _tokens_equal(ref_a, ref_b) and _logits_diff(ref_a, ref_b) == 0.0,
            "tokens_equal": _tokens_equal(ref_a, tri), "logits_max_abs_diff": _logits_diff(ref_a, tri),
@@ -640,11 +644,93 @@ def in_model_check(ctx: Context, model, vae, sched, geom, text, lengths, gen_arg
     return res
 
 
-def section_speedup(ctx: Context) -> dict:
+def _in_model(ctx: Context, res: dict, check: Callable[[], dict]) -> None:
+    """Run an in-model kernel check into ``res``, an error reported rather than raised."""
+    try:
+        res["in_model_kernel"] = check()
+        ctx.log(f"fused kernel inside the model: {res['in_model_kernel']['status']} "
+                f"({res['in_model_kernel'].get('why', 'logits and tokens equal the reference')})")
+    except Exception as err:  # noqa: BLE001
+        res["in_model_kernel"] = {"status": "error", **_error(err)}
+        ctx.log(f"fused kernel inside the model: ERROR {res['in_model_kernel']['error']}")
+    ctx.write()
+
+
+def time_schedule(ctx: Context, spec: str, backend, gen: Callable, macs: int, executed: int,
+                  est_fast: float | None) -> dict:
+    """Warmup and timed generations of one schedule through the chain loop, trimmed to the time limit
+    (keeping room for the fastvar runs after ``none``); the row the report and the summary read."""
     import torch
 
+    device = ctx.device
+    runner = _Run(backend, device)
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    a = ctx.args
+    timed, outs, warm_s = [], [], []
+    notes = []
+    for r in range(a.warmup + a.runs):
+        if r > a.warmup and timed:  # keep >= 1 timed run; stop early when the time limit nears
+            per = _median([t["wall_s"] for t in timed])
+            after = (a.warmup + 1) * (est_fast or per) if spec == "none" else 0.0
+            if ctx.time_left() < per + after:
+                notes.append(f"{spec}: {len(timed)} of {a.runs} timed runs (time limit)")
+                break
+        out, t = runner(gen)
+        if r < a.warmup:
+            warm_s.append(t["wall_s"])
+        else:
+            timed.append(t)
+            outs.append(out)
+    steps: dict[int, list[float]] = {}
+    for o in outs:
+        for s in o.timings["steps"]:
+            steps.setdefault(s["index"], []).append(s["seconds"])
+    wall = _median([t["wall_s"] for t in timed])
+    loop = _median([t["loop_s"] for t in timed])
+    row = {"runs": len(timed), "warmup_s": warm_s, "seconds_per_image": wall,
+           "wall_s": [t["wall_s"] for t in timed], "loop_median_s": loop,
+           "decode_median_s": _median([t["decode_s"] for t in timed]),
+           "chain_loop_median_s": _median([t["chain_loop_s"] for t in timed]),
+           "steps_median_s": {str(k): _median(v) for k, v in sorted(steps.items())},
+           "steps_note": "the chain's per-step host times (not synchronised on CUDA)",
+           "executed_steps": executed, "gmacs": macs / 1e9,
+           "achieved_tflops_loop": 2 * macs / loop / 1e12 if loop > 0 else None,
+           "kv_cache_bytes": backend.kv.nbytes if backend.kv is not None else 0,
+           "runs_repeat_bit_for_bit": all(_tokens_equal(outs[0], o) for o in outs[1:])}
+    if notes:
+        row["notes"] = notes
+    if device == "cuda":
+        row["peak_gpu_allocated_bytes"] = torch.cuda.max_memory_allocated()
+        row["peak_gpu_reserved_bytes"] = torch.cuda.max_memory_reserved()
+    ctx.log(f"{spec:>8}: {wall:.3f} s/image (loop {loop:.3f}s, decode {row['decode_median_s']:.3f}s) over "
+            f"{len(timed)} runs" + (f", peak {row['peak_gpu_allocated_bytes'] / 2**30:.1f} GiB"
+                                    if device == "cuda" else ""))
+    ctx.write()
+    return row
+
+
+def _speedup(ctx: Context, res: dict) -> None:
+    n, f = res["schedules"]["none"], res["schedules"]["fastvar"]
+    res["speedup"] = {"seconds_per_image": n["seconds_per_image"] / f["seconds_per_image"],
+                      "transformer_loop": n["loop_median_s"] / f["loop_median_s"],
+                      "compute_ceiling": n["gmacs"] / f["gmacs"]}
+    res["status"] = "done"
+    s = res["speedup"]
+    ctx.log(f"FastVAR speedup: {s['seconds_per_image']:.2f}x per image, {s['transformer_loop']:.2f}x transformer "
+            f"loop (multiply-add ceiling {s['compute_ceiling']:.2f}x)")
+
+
+def section_speedup(ctx: Context) -> dict:
+    from unittest import mock
+
+    import torch
+
+    from fastvar.export.models.infinity import PruneStep
     from fastvar.export.models.infinity_config import preset
     from fastvar.export.schedules import prune_plan, scale_schedule
+    from fastvar.runtime.backends import torch_ref
     from fastvar.runtime.backends.torch_ref import TorchBackend
     from fastvar.runtime.chain import Geometry, generate
     from fastvar.runtime.flops import step_macs
@@ -676,80 +762,101 @@ def section_speedup(ctx: Context) -> dict:
     gen_args = {"seed": 0, "cfg": 4.0, "tau": 0.5}
     res.update(text_len=int(text.shape[1]), **gen_args)
 
-    try:
-        block_range = (0, 1) if device == "cpu" and ctx.quick else None  # interpreter time: one block in CI
-        res["in_model_kernel"] = in_model_check(ctx, model, vae, sched, geom, text, lengths, gen_args, block_range)
-        ctx.log(f"fused kernel inside the model: {res['in_model_kernel']['status']} "
-                f"({res['in_model_kernel'].get('why', 'logits and tokens equal the reference')})")
-    except Exception as err:  # noqa: BLE001
-        res["in_model_kernel"] = {"status": "error", **_error(err)}
-        ctx.log(f"fused kernel inside the model: ERROR {res['in_model_kernel']['error']}")
-    ctx.write()
+    block_range = (0, 1) if device == "cpu" and ctx.quick else None  # interpreter time: one block in CI
+    checked = prune_plan(sched, "fastvar", cfg.depth, block_range=block_range)
+
+    def gen_checked(be, keep_logits):
+        return generate(be, sched, checked, geom, text, lengths, keep_logits=keep_logits, **gen_args)
+
+    def patch(fn):
+        return mock.patch.object(torch_ref, "PruneStep", functools.partial(PruneStep, restore=fn))
+
+    lo, hi = checked.block_range
+    _in_model(ctx, res, lambda: in_model_check(
+        ctx, lambda: TorchBackend(model, vae, sched, checked), patch, gen_checked,
+        sum(st.pruned for st in checked.steps) * (hi - lo) * 3, checked.block_range))
 
     est_fast = None
     for spec in ("none", "fastvar"):
         plan = prune_plan(sched, spec, cfg.depth)
-        backend = TorchBackend(model, vae, sched, plan)
-        runner = _Run(backend, device)
 
         def gen(be, keep_logits, plan=plan):
             return generate(be, sched, plan, geom, text, lengths, keep_logits=keep_logits, **gen_args)
 
-        if device == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        timed, outs, warm_s = [], [], []
-        total = a.warmup + a.runs
-        for r in range(total):
-            if r > a.warmup and timed:  # keep >= 1 timed run; stop early when the time limit nears
-                per = _median([t["wall_s"] for t in timed])
-                after = (a.warmup + 1) * (est_fast or per) if spec == "none" else 0.0
-                if ctx.time_left() < per + after:
-                    res.setdefault("notes", []).append(f"{spec}: {len(timed)} of {a.runs} timed runs (time limit)")
-                    break
-            out, t = runner(gen)
-            if r < a.warmup:
-                warm_s.append(t["wall_s"])
-            else:
-                timed.append(t)
-                outs.append(out)
-        steps: dict[int, list[float]] = {}
-        for o in outs:
-            for s in o.timings["steps"]:
-                steps.setdefault(s["index"], []).append(s["seconds"])
         macs = sum(m.macs for m in step_macs(cfg, plan, 2, 1, int(text.shape[1])))
-        wall = _median([t["wall_s"] for t in timed])
-        loop = _median([t["loop_s"] for t in timed])
-        row = {"runs": len(timed), "warmup_s": warm_s, "seconds_per_image": wall,
-               "wall_s": [t["wall_s"] for t in timed], "loop_median_s": loop,
-               "decode_median_s": _median([t["decode_s"] for t in timed]),
-               "chain_loop_median_s": _median([t["chain_loop_s"] for t in timed]),
-               "steps_median_s": {str(k): _median(v) for k, v in sorted(steps.items())},
-               "steps_note": "the chain's per-step host times (not synchronised on CUDA)",
-               "executed_steps": len(plan.executed), "gmacs": macs / 1e9,
-               "achieved_tflops_loop": 2 * macs / loop / 1e12 if loop > 0 else None,
-               "kv_cache_bytes": backend.kv.nbytes if backend.kv is not None else 0,
-               "runs_repeat_bit_for_bit": all(_tokens_equal(outs[0], o) for o in outs[1:])}
-        if device == "cuda":
-            row["peak_gpu_allocated_bytes"] = torch.cuda.max_memory_allocated()
-            row["peak_gpu_reserved_bytes"] = torch.cuda.max_memory_reserved()
+        row = time_schedule(ctx, spec, TorchBackend(model, vae, sched, plan), gen, macs, len(plan.executed), est_fast)
         res["schedules"][spec] = row
-        if spec == "none":
-            est_fast = wall / 2
-        ctx.log(f"{spec:>8}: {wall:.3f} s/image (loop {loop:.3f}s, decode {row['decode_median_s']:.3f}s) over "
-                f"{len(timed)} runs" + (f", peak {row['peak_gpu_allocated_bytes'] / 2**30:.1f} GiB"
-                                        if device == "cuda" else ""))
-        del backend, runner
-        ctx.write()
-    n, f = res["schedules"]["none"], res["schedules"]["fastvar"]
-    res["speedup"] = {"seconds_per_image": n["seconds_per_image"] / f["seconds_per_image"],
-                      "transformer_loop": n["loop_median_s"] / f["loop_median_s"],
-                      "compute_ceiling": n["gmacs"] / f["gmacs"]}
-    res["status"] = "done"
-    s = res["speedup"]
-    ctx.log(f"FastVAR speedup: {s['seconds_per_image']:.2f}x per image, {s['transformer_loop']:.2f}x transformer "
-            f"loop (multiply-add ceiling {s['compute_ceiling']:.2f}x)")
-    del model, vae
+        est_fast = row["seconds_per_image"] / 2 if spec == "none" else est_fast
+    _speedup(ctx, res)
+    model = vae = None  # the weights go before the cache is emptied (closures above hold these cells)
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return res
+
+
+# ---- 5. HART: the fused kernel inside HART, and FastVAR's speedup of its torch backend --------------------
+
+def section_hart(ctx: Context) -> dict:
+    """HART at its released geometry (hart-0.7b, full depth, 1024, fp32 as exported; random weights): the
+    fused kernel as every pruned sub-layer's restore must leave logits and tokens bit-identical (gating),
+    then schedules ``none`` and ``fastvar`` timed through the chain loop with the multiply-add ceiling."""
+    from unittest import mock
+
+    import torch
+
+    from fastvar.export.models.hart_checkpoint import build_random_hart, build_random_tokenizer
+    from fastvar.export.models.hart_config import preset
+    from fastvar.export.models.hart_fastvar import HARTPruneStep
+    from fastvar.export.schedules import hart_prune_plan, hart_schedule
+    from fastvar.runtime.backends import hart_torch
+    from fastvar.runtime.chain import generate
+    from fastvar.runtime.flops import step_macs
+    from fastvar.runtime.generate import hart_geometry
+    from fastvar.runtime.io import load_text_embeddings
+
+    a, device = ctx.args, ctx.device
+    base = preset(a.hart_model)
+    depth = a.hart_depth or base.depth
+    cfg = base.with_depth(depth) if depth != base.depth else base
+    t0 = time.perf_counter()
+    model, tok = build_random_hart(cfg, 0).to(device), build_random_tokenizer(cfg.tokenizer, 1).to(device)
+    _sync(device)
+    res: dict = {"status": "running", "model": cfg.name, "depth": cfg.depth, "full_depth": base.depth,
+                 "width": cfg.width, "heads": cfg.heads, "parameters": sum(p.numel() for p in model.parameters()),
+                 "precision": "fp32", "resolution": "1024", "weights": "random (seed 0)",
+                 "build_s": time.perf_counter() - t0, "device": device, "warmup": a.warmup,
+                 "runs_requested": a.runs, "schedules": {}}
+    ctx.report["sections"]["hart"] = res
+    ctx.log(f"built {cfg.name} depth {cfg.depth}/{base.depth} ({res['parameters'] / 1e6:.1f}M parameters) on "
+            f"{device} in {res['build_s']:.1f}s")
+    sched = hart_schedule(cfg.patch_nums)
+    geom = hart_geometry(cfg.to_dict())
+    text, lengths = load_text_embeddings(None, 1, cfg.context_dim)
+    gen_args = {"seed": 0, "cfg": 4.5, "tau": 1.0}
+    res.update(text_len=int(text.shape[1]), **gen_args)
+    plans = {spec: hart_prune_plan(sched, spec, cfg.depth, cfg.context_tokens) for spec in ("none", "fastvar")}
+
+    def gen_for(plan):
+        return lambda be, keep_logits: generate(be, sched, plan, geom, text, lengths, keep_logits=keep_logits,
+                                                **gen_args)
+
+    def patch(fn):
+        return mock.patch.object(hart_torch, "HARTPruneStep", functools.partial(HARTPruneStep, restore=fn))
+
+    fast = plans["fastvar"]
+    lo, hi = fast.block_range
+    _in_model(ctx, res, lambda: in_model_check(
+        ctx, lambda: hart_torch.HARTTorchBackend(model, tok, fast), patch, gen_for(fast),
+        sum(st.pruned for st in fast.steps) * (hi - lo) * 2, fast.block_range))  # attention and MLP
+    est_fast = None
+    for spec, plan in plans.items():
+        macs = sum(m.macs for m in step_macs(cfg, plan, 2, 1))
+        row = time_schedule(ctx, spec, hart_torch.HARTTorchBackend(model, tok, plan), gen_for(plan), macs,
+                            len(plan.executed), est_fast)
+        res["schedules"][spec] = row
+        est_fast = row["seconds_per_image"] / 2 if spec == "none" else est_fast
+    _speedup(ctx, res)
+    model = tok = None  # the weights go before the cache is emptied (closures above hold these cells)
     if device == "cuda":
         torch.cuda.empty_cache()
     return res
@@ -767,11 +874,12 @@ def exactness(report: dict) -> tuple[bool | None, list[str]]:
         if r.get("status") != "passed":
             bad.append(f"restore_exactness: {r.get('failed', '?')} failed" if "error" not in r else
                        f"restore_exactness: {r['error']}")
-    m = secs.get("speedup", {}).get("in_model_kernel")
-    if m is not None:
-        ran = True
-        if m.get("status") in ("failed", "error"):
-            bad.append(f"fused kernel inside the model: {m.get('why') or m.get('error')}")
+    for name in ("speedup", "hart"):
+        m = secs.get(name, {}).get("in_model_kernel")
+        if m is not None:
+            ran = True
+            if m.get("status") in ("failed", "error"):
+                bad.append(f"fused kernel inside {secs[name].get('model')}: {m.get('why') or m.get('error')}")
     return (not bad) if ran else None, bad
 
 
@@ -781,6 +889,26 @@ def exit_code(report: dict) -> int:
         return 1
     errors = [k for k, s in report["sections"].items() if s.get("status") in ("error", "running")]
     return 2 if errors else 0
+
+
+def _speedup_lines(name: str, s: dict, weights: str) -> list[str]:
+    lines = [f"{name}: {s.get('status')}, {s.get('model')} depth {s.get('depth')}/{s.get('full_depth')}, "
+             f"{s.get('resolution')}, {weights} random weights" + (f"; error: {s['error']}" if s.get("error") else "")]
+    for spec, row in s.get("schedules", {}).items():
+        peak = row.get("peak_gpu_allocated_bytes")
+        lines.append(f"  {spec:>8}: {row['seconds_per_image']:.3f} s/image, loop {row['loop_median_s']:.3f} s, "
+                     f"decode {row['decode_median_s']:.3f} s, {row['runs']} runs"
+                     + (f", peak GPU {peak / 2**30:.2f} GiB" if peak else ""))
+    if "speedup" in s:
+        sp = s["speedup"]
+        lines.append(f"  fastvar vs none: {sp['seconds_per_image']:.2f}x per image, {sp['transformer_loop']:.2f}x "
+                     f"transformer loop, multiply-add ceiling {sp['compute_ceiling']:.2f}x")
+    m = s.get("in_model_kernel")
+    if m:
+        lines.append(f"  fused kernel inside the model: {m.get('status')}"
+                     + (f" ({m.get('why') or m.get('error')})" if m.get("status") != "passed" else
+                        f" ({m.get('kernel_calls')} calls, logits and tokens equal the reference)"))
+    return lines
 
 
 def summary(report: dict) -> str:
@@ -810,25 +938,9 @@ def summary(report: dict) -> str:
                      + (f"; error: {b['error']}" if b.get("error") else ""))
         for g in b.get("geometries", []):
             lines.append("  " + _bandwidth_line(g))
-    s = secs.get("speedup", {})
-    if s:
-        lines.append(f"speedup: {s.get('status')}, {s.get('model')} depth {s.get('depth')}/{s.get('full_depth')}, "
-                     f"{s.get('resolution')}, bf16 random weights"
-                     + (f"; error: {s['error']}" if s.get("error") else ""))
-        for spec, row in s.get("schedules", {}).items():
-            peak = row.get("peak_gpu_allocated_bytes")
-            lines.append(f"  {spec:>8}: {row['seconds_per_image']:.3f} s/image, loop {row['loop_median_s']:.3f} s, "
-                         f"decode {row['decode_median_s']:.3f} s, {row['runs']} runs"
-                         + (f", peak GPU {peak / 2**30:.2f} GiB" if peak else ""))
-        if "speedup" in s:
-            sp = s["speedup"]
-            lines.append(f"  fastvar vs none: {sp['seconds_per_image']:.2f}x per image, {sp['transformer_loop']:.2f}x "
-                         f"transformer loop, multiply-add ceiling {sp['compute_ceiling']:.2f}x")
-        m = s.get("in_model_kernel")
-        if m:
-            lines.append(f"  fused kernel inside the model: {m.get('status')}"
-                         + (f" ({m.get('why') or m.get('error')})" if m.get("status") != "passed" else
-                            f" ({m.get('kernel_calls')} calls, logits and tokens equal the reference)"))
+    for name, weights in (("speedup", "bf16"), ("hart", "fp32")):
+        if secs.get(name):
+            lines += _speedup_lines(name, secs[name], weights)
     ok, bad = exactness(report)
     lines.append(f"exactness: {'PASSED' if ok else 'not run' if ok is None else 'FAILED'}"
                  + (f" ({'; '.join(bad)})" if bad else "") + f"; exit status {exit_code(report)}")
@@ -846,6 +958,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="preset (default infinity-2b; infinity-tiny with --device cpu)")
     p.add_argument("--depth", type=int, default=None, help="blocks (default: the preset's full depth; 4 with "
                                                            "--quick on CUDA)")
+    p.add_argument("--hart-model", default=None, help="HART preset (default hart-0.7b; hart-tiny with --device cpu)")
+    p.add_argument("--hart-depth", type=int, default=None, help="HART blocks (default: the preset's; 1 with --device "
+                                                                "cpu --quick, 4 with --quick on CUDA)")
     p.add_argument("--res", default=None, help="resolution (default 1024; 512 with --device cpu --quick)")
     p.add_argument("--runs", type=int, default=None, help="timed generations per schedule (default 3, quick 1)")
     p.add_argument("--warmup", type=int, default=1)
@@ -869,6 +984,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.res = a.res or ("512" if cpu and a.quick else "1024")
     if a.depth is None and a.quick and not cpu:
         a.depth = 4
+    a.hart_model = a.hart_model or ("hart-tiny" if cpu else "hart-0.7b")
+    if a.hart_depth is None and a.quick:
+        a.hart_depth = 1 if cpu else 4
     a.runs = a.runs if a.runs is not None else (1 if a.quick else 3 if not cpu else 2)
     if a.runs < 1 or a.warmup < 0:
         p.error("--runs must be >= 1 and --warmup >= 0")
@@ -907,7 +1025,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads or args.device == "cpu":
         torch.set_num_threads(args.threads or 1)
     runners = {"environment": section_environment, "restore_exactness": section_restore,
-               "bandwidth": section_bandwidth, "speedup": section_speedup}
+               "bandwidth": section_bandwidth, "speedup": section_speedup, "hart": section_hart}
     for name in args.sections:
         ctx.log(f"== {name}")
         t0 = time.perf_counter()
