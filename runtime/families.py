@@ -19,6 +19,7 @@ import torch
 
 from fastvar.export.models.bsq_vae import bits_to_codes, next_input, upsample_codes
 from fastvar.export.models.hart_sampling import (
+    HARTNoise,
     cfg_weight,
     filter_logits,
     guidance_ratio,
@@ -125,6 +126,7 @@ class HARTFamily:
         self.f_hat: torch.Tensor | None = None
         self.x_in: torch.Tensor | None = None
         self.filtered: torch.Tensor | None = None
+        self.noise: HARTNoise | None = None  # this image's draws on the backend's device
 
     @staticmethod
     def guided(cfg: float) -> bool:
@@ -142,11 +144,12 @@ class HARTFamily:
             p = self.geom.final_side
             self.f_hat = torch.zeros(backend.batch, self.geom.cvae, p, p, device=backend.device)
             self.x_in = None
+            self.noise = noise.to(self.f_hat.device)
         return backend.step(st, self.x_in, self.weight(cfg, st.index), 1.0, write_kv=write_kv)
 
     def sample(self, logits: torch.Tensor, sampled: torch.Tensor | None, st: StepPlan, noise) -> torch.Tensor:
         self.filtered = filter_logits(logits, top_k_for(st.index), self.geom.top_p)
-        idx = sampled if sampled is not None else sample_indices(self.filtered, noise.tokens[st.index])
+        idx = sampled if sampled is not None else sample_indices(self.filtered, self.noise.tokens[st.index])
         return idx.view(logits.shape[0], st.h, st.w).to(torch.int32)
 
     def forced(self, arr: np.ndarray, key: str, st: StepPlan, batch: int) -> torch.Tensor:
@@ -166,11 +169,11 @@ class HARTFamily:
         codebook = backend.codebook
         idx = tokens.view(b, -1).long().to(codebook.device)
         if self.geom.more_smooth:
-            h = gumbel_soft_embedding(self.filtered, guidance_ratio(si, steps), noise.gumbel[si], codebook)
+            h = gumbel_soft_embedding(self.filtered, guidance_ratio(si, steps), self.noise.gumbel[si], codebook)
         else:
             h = codebook[idx].float()
         if si == steps - 1:
-            h = h + backend.diffusion(codebook[idx].float(), noise.diffusion, self.weight(cfg, si))
+            h = h + backend.diffusion(codebook[idx].float(), self.noise.diffusion, self.weight(cfg, si))
         self.f_hat, self.x_in = backend.next_input(si, self.f_hat, h)
 
     @property

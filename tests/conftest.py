@@ -84,3 +84,25 @@ def fake_tensorrt():
         sys.modules.update(saved_modules)
         sys.path[:] = saved_path
         importlib.invalidate_caches()
+
+
+def ort_with_restore(model):
+    """An ONNX Runtime session for a graph (path or bytes) whose FastVARRestore(Add) nodes run as the ORT
+    custom op: the session factory the fake ``tensorrt`` runs plugin engines with."""
+    import onnx
+    import onnxruntime as ort
+
+    from fastvar.plugins.restore.ort_op import for_onnxruntime, session_options
+
+    proto = onnx.load(model) if isinstance(model, str) else onnx.load_from_string(model)
+    return ort.InferenceSession(for_onnxruntime(proto).SerializeToString(), session_options(ort.SessionOptions()),
+                                providers=["CPUExecutionProvider"])
+
+
+def build_fake_engines(root: Path, **kw) -> tuple[dict, list[str]]:
+    """fastvar-build for an sm_90 GPU (the fake ``tensorrt`` must be imported): the engine records and the log."""
+    from fastvar.builder.engine_builder import BuildOptions, build_engines
+
+    lines: list[str] = []
+    engines = build_engines(root, BuildOptions(compute_capability="9.0", **kw), log=lines.append)
+    return engines, lines

@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import build_fake_engines, ort_with_restore
 
 pytest.importorskip("triton", reason="the plugin's AOT kernel is compiled by Triton (pip install triton)")
 pytest.importorskip("onnxruntime_extensions", reason="the fake runs FastVARRestoreAdd through the ORT custom op")
@@ -32,23 +33,6 @@ def art_dir(hart_graphs, tmp_path):
     return root
 
 
-def _ort_with_restore(model):
-    import onnx
-    import onnxruntime as ort
-
-    from fastvar.plugins.restore.ort_op import for_onnxruntime, session_options
-
-    proto = onnx.load(model) if isinstance(model, str) else onnx.load_from_string(model)
-    return ort.InferenceSession(for_onnxruntime(proto).SerializeToString(), session_options(ort.SessionOptions()),
-                                providers=["CPUExecutionProvider"])
-
-
-def _build(root, **kw):
-    from fastvar.builder.engine_builder import BuildOptions, build_engines
-
-    return build_engines(root, BuildOptions(compute_capability="9.0", **kw), log=lambda _: None)
-
-
 def _generate(be, art, seed=0, force=None):
     from fastvar.runtime.chain import generate
     from fastvar.runtime.generate import artifact_geometry, artifact_schedule
@@ -66,7 +50,7 @@ def test_hart_graphs_pass_the_check_and_build_with_the_fused_plugin(fake_tensorr
 
     r = CliRunner().invoke(build_cmd, [str(art_dir), "--check-only"])
     assert r.exit_code == 0 and "32 graphs pass the TensorRT compatibility check" in r.output, r.output
-    engines = _build(art_dir)
+    engines, _ = build_fake_engines(art_dir)
     art = Artifact.load(art_dir)
     assert set(engines) == set(art.run_graphs())
     assert {"condition", "diffusion", "decoder", "next_input_00", "next_input_12", "step_13"} <= set(engines)
@@ -83,8 +67,8 @@ def test_hart_tensorrt_chain_equals_onnxruntime_and_repeats_exactly(fake_tensorr
     from fastvar.runtime.generate import open_backend
 
     trt = fake_tensorrt
-    _build(art_dir)
-    trt._fake.set_session_factory(_ort_with_restore)
+    build_fake_engines(art_dir)
+    trt._fake.set_session_factory(ort_with_restore)
     art = Artifact.load(art_dir)
     be = TensorRTBackend(art, "cpu")
     first = _generate(be, art)
@@ -107,8 +91,8 @@ def test_hart_tensorrt_chain_equals_onnxruntime_and_repeats_exactly(fake_tensorr
 def test_fastvar_validate_judges_the_hart_engines(fake_tensorrt, art_dir):
     from fastvar.validate.run import validate
 
-    fake_tensorrt._fake.set_session_factory(_ort_with_restore)
-    _build(art_dir, validation=True)
+    fake_tensorrt._fake.set_session_factory(ort_with_restore)
+    build_fake_engines(art_dir, validation=True)
     lines = []
     code, report = validate(str(art_dir), backend="tensorrt", log=lines.append)
     assert code == 0, report["failures"]

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import export_tiny
+from conftest import build_fake_engines, export_tiny, ort_with_restore
 
 pytest.importorskip("triton", reason="the plugin's AOT kernel is compiled by Triton (pip install triton)")
 pytest.importorskip("onnxruntime_extensions", reason="the fake runs FastVARRestore through the ORT custom op")
@@ -32,25 +32,6 @@ def art_dir(plugin_graphs, tmp_path):
     return root
 
 
-def _ort_with_restore(model):
-    import onnx
-    import onnxruntime as ort
-
-    from fastvar.plugins.restore.ort_op import for_onnxruntime, session_options
-
-    proto = onnx.load(model) if isinstance(model, str) else onnx.load_from_string(model)
-    return ort.InferenceSession(for_onnxruntime(proto).SerializeToString(), session_options(ort.SessionOptions()),
-                                providers=["CPUExecutionProvider"])
-
-
-def _build(root, **kw):
-    from fastvar.builder.engine_builder import BuildOptions, build_engines
-
-    lines = []
-    engines = build_engines(root, BuildOptions(compute_capability="9.0", **kw), log=lines.append)
-    return engines, lines
-
-
 def _generate(be, art, seed=0, force=None):
     from fastvar.export.schedules import scale_schedule
     from fastvar.runtime.chain import generate
@@ -69,7 +50,7 @@ def test_build_embeds_the_plugin_kernel_records_each_engine_and_rebuilds_only_wh
     from fastvar.plugins.restore.trt_plugin import aot_kernel, plugin_fingerprint
 
     trt = fake_tensorrt
-    engines, lines = _build(art_dir)
+    engines, lines = build_fake_engines(art_dir)
     art = Artifact.load(art_dir)
     assert set(engines) == set(art.run_graphs()) and art.data["engines"] == engines
     for name, rec in engines.items():
@@ -101,14 +82,14 @@ def test_build_embeds_the_plugin_kernel_records_each_engine_and_rebuilds_only_wh
     assert cache.is_file() and cache.stat().st_size > 0
     size = cache.stat().st_size
 
-    again, lines = _build(art_dir)
+    again, lines = build_fake_engines(art_dir)
     assert again == engines and sum("engine up to date" in line for line in lines) == len(engines)
     assert cache.stat().st_size == size  # nothing built, nothing timed
-    relevel, lines = _build(art_dir, graphs=("step_03",), optimization_level=4)
+    relevel, lines = build_fake_engines(art_dir, graphs=("step_03",), optimization_level=4)
     assert "built at optimisation level 3" in "\n".join(lines)
     assert relevel["step_03"]["builder"]["optimization_level"] == 4
     trt.__version__ = "11.2.0"
-    newer, lines = _build(art_dir, graphs=("step_05",))
+    newer, lines = build_fake_engines(art_dir, graphs=("step_05",))
     assert newer["step_05"]["path"] == "engines/step_05.trt11.2.0.sm90.plan"
     assert "built for TensorRT 11.1.0" in "\n".join(lines)
     assert newer["step_04"] == engines["step_04"]
@@ -120,8 +101,8 @@ def test_tensorrt_chain_equals_onnxruntime_and_repeats_exactly(fake_tensorrt, ar
     from fastvar.runtime.generate import open_backend
 
     trt = fake_tensorrt
-    _build(art_dir)
-    trt._fake.set_session_factory(_ort_with_restore)
+    build_fake_engines(art_dir)
+    trt._fake.set_session_factory(ort_with_restore)
     art = Artifact.load(art_dir)
     be = TensorRTBackend(art, "cpu")
     first = _generate(be, art)
@@ -139,8 +120,8 @@ def test_weights_are_bound_once_and_kv_slices_in_place(fake_tensorrt, art_dir):
     from fastvar.manifest import Artifact
     from fastvar.runtime.backends.tensorrt import TensorRTBackend
 
-    fake_tensorrt._fake.set_session_factory(_ort_with_restore)
-    _build(art_dir)
+    fake_tensorrt._fake.set_session_factory(ort_with_restore)
+    build_fake_engines(art_dir)
     art = Artifact.load(art_dir)
     be = TensorRTBackend(art, "cpu")
     _generate(be, art)
@@ -162,7 +143,7 @@ def test_engines_for_another_tensorrt_gpu_or_graph_are_refused_with_the_reason(f
     from fastvar.runtime.backends.tensorrt import TensorRTBackend
 
     trt = fake_tensorrt
-    _build(art_dir)
+    build_fake_engines(art_dir)
     trt.__version__ = "11.2.0"
     with pytest.raises(ArtifactError, match=r"step_05: built with TensorRT 11\.1\.0, this machine has 11\.2\.0"):
         TensorRTBackend(Artifact.load(art_dir), "cpu")
@@ -180,8 +161,8 @@ def test_engines_for_another_tensorrt_gpu_or_graph_are_refused_with_the_reason(f
 def test_fastvar_validate_judges_the_engines(fake_tensorrt, art_dir):
     from fastvar.validate.run import validate
 
-    fake_tensorrt._fake.set_session_factory(_ort_with_restore)
-    _build(art_dir, validation=True)
+    fake_tensorrt._fake.set_session_factory(ort_with_restore)
+    build_fake_engines(art_dir, validation=True)
     lines = []
     code, report = validate(str(art_dir), backend="tensorrt", log=lines.append)
     assert code == 0, report["failures"]
@@ -219,7 +200,7 @@ def test_tensorrt_backend_needs_engines_and_a_gpu(fake_tensorrt, art_dir):
 
     with pytest.raises(ArtifactError, match="has no TensorRT engines: run fastvar-build"):
         open_backend(Artifact.load(art_dir), "tensorrt")
-    _build(art_dir)
+    build_fake_engines(art_dir)
     if not torch.cuda.is_available():
         with pytest.raises(ArtifactError, match="runs on a CUDA GPU and this machine has none"):
             open_backend(Artifact.load(art_dir), "tensorrt")

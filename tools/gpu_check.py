@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import gc
 import importlib.abc
 import importlib.util
 import json
@@ -665,6 +666,7 @@ def time_schedule(ctx: Context, spec: str, backend, gen: Callable, macs: int, ex
     device = ctx.device
     runner = _Run(backend, device)
     if device == "cuda":
+        gc.collect()  # earlier backends sit in reference cycles (_Run patches their decode): free them first
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     a = ctx.args
@@ -709,6 +711,19 @@ def time_schedule(ctx: Context, spec: str, backend, gen: Callable, macs: int, ex
                                     if device == "cuda" else ""))
     ctx.write()
     return row
+
+
+def time_both(ctx: Context, res: dict, make: Callable[[str], tuple]) -> None:
+    """Time ``none`` then ``fastvar`` (``make(spec)``: backend, generation, multiply-adds, executed steps)
+    into ``res["schedules"]``, then the speedup. Each backend is dropped before the next is made."""
+    est_fast = None
+    for spec in ("none", "fastvar"):
+        backend, gen, macs, executed = make(spec)
+        row = time_schedule(ctx, spec, backend, gen, macs, executed, est_fast)
+        del backend
+        res["schedules"][spec] = row
+        est_fast = row["seconds_per_image"] / 2 if spec == "none" else est_fast
+    _speedup(ctx, res)
 
 
 def _speedup(ctx: Context, res: dict) -> None:
@@ -776,19 +791,18 @@ def section_speedup(ctx: Context) -> dict:
         ctx, lambda: TorchBackend(model, vae, sched, checked), patch, gen_checked,
         sum(st.pruned for st in checked.steps) * (hi - lo) * 3, checked.block_range))
 
-    est_fast = None
-    for spec in ("none", "fastvar"):
+    def make(spec: str):
         plan = prune_plan(sched, spec, cfg.depth)
 
-        def gen(be, keep_logits, plan=plan):
+        def gen(be, keep_logits):
             return generate(be, sched, plan, geom, text, lengths, keep_logits=keep_logits, **gen_args)
 
         macs = sum(m.macs for m in step_macs(cfg, plan, 2, 1, int(text.shape[1])))
-        row = time_schedule(ctx, spec, TorchBackend(model, vae, sched, plan), gen, macs, len(plan.executed), est_fast)
-        res["schedules"][spec] = row
-        est_fast = row["seconds_per_image"] / 2 if spec == "none" else est_fast
-    _speedup(ctx, res)
+        return TorchBackend(model, vae, sched, plan), gen, macs, len(plan.executed)
+
+    time_both(ctx, res, make)
     model = vae = None  # the weights go before the cache is emptied (closures above hold these cells)
+    gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
     return res
@@ -848,15 +862,14 @@ def section_hart(ctx: Context) -> dict:
     _in_model(ctx, res, lambda: in_model_check(
         ctx, lambda: hart_torch.HARTTorchBackend(model, tok, fast), patch, gen_for(fast),
         sum(st.pruned for st in fast.steps) * (hi - lo) * 2, fast.block_range))  # attention and MLP
-    est_fast = None
-    for spec, plan in plans.items():
+    def make(spec: str):
+        plan = plans[spec]
         macs = sum(m.macs for m in step_macs(cfg, plan, 2, 1))
-        row = time_schedule(ctx, spec, hart_torch.HARTTorchBackend(model, tok, plan), gen_for(plan), macs,
-                            len(plan.executed), est_fast)
-        res["schedules"][spec] = row
-        est_fast = row["seconds_per_image"] / 2 if spec == "none" else est_fast
-    _speedup(ctx, res)
+        return hart_torch.HARTTorchBackend(model, tok, plan), gen_for(plan), macs, len(plan.executed)
+
+    time_both(ctx, res, make)
     model = tok = None  # the weights go before the cache is emptied (closures above hold these cells)
+    gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
     return res

@@ -88,6 +88,19 @@ class HARTNoise:
     gumbel: list[torch.Tensor] | None
     diffusion: torch.Tensor
 
+    def to(self, device: torch.device) -> HARTNoise:
+        """All draws on ``device`` at once (one upload per image, not one blocking copy per step)."""
+        def move(t: torch.Tensor) -> torch.Tensor:
+            if t.device == device:
+                return t
+            if device.type == "cuda":
+                return t.pin_memory().to(device, non_blocking=True)
+            return t.to(device)
+
+        return HARTNoise(tokens=[move(t) for t in self.tokens],
+                         gumbel=None if self.gumbel is None else [move(t) for t in self.gumbel],
+                         diffusion=move(self.diffusion))
+
 
 def draw_noise(seed: int, cfg: HARTConfig, batch: int, smooth: bool = True) -> HARTNoise:
     """All draws from one seeded CPU generator, per step in order (token counts 1, pn^2, ...)."""

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import torch
 
+from fastvar.export.schedules import PrunePlan
+from fastvar.manifest import ArtifactError
+
 
 class HARTGraphCalls:
     hidden: torch.Tensor | None  # the last step's hidden states, set by the backend's ``step``
+    plan: PrunePlan
 
     def _run(self, name: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -34,6 +38,8 @@ class HARTGraphCalls:
         are (no Φ, no next input), which needs no graph."""
         name = f"next_input_{si:02d}"
         if self._graph_inputs(name) is None:
+            if si != len(self.plan.steps) - 1:
+                raise ArtifactError(f"no {name} graph is loaded: step {si}'s tokens cannot reach the next step")
             side = int(round(tokens.shape[1] ** 0.5))
             f_hat = f_hat + tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
             return f_hat, f_hat.flatten(2).transpose(1, 2)
