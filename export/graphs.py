@@ -147,7 +147,40 @@ class ConditionGraph:
         return _Traced(_CallModel(self.model), _param_names(self.model), len(d.inputs), call)
 
 
-class StepGraph:
+class FastVARStepGraph:
+    """What a step graph of either family shares: the plan, the validation variant, which blocks prune,
+    and the FastVAR prune step built with the export's graph spellings (selection by TopK, restoration
+    by ``restore_fn``, optionally fused with its residual add by ``restore_add_fn``)."""
+
+    prune_cls: type = PruneStep
+
+    def _setup(self, model, plan: PrunePlan, st: StepPlan, shapes: Shapes,
+               restore_fn: Callable[..., torch.Tensor] | None, given_indices: bool,
+               restore_add_fn: Callable[..., torch.Tensor] | None) -> None:
+        if given_indices and not st.pruned:
+            raise ValueError(f"step {st.index} is not pruned: it has no validation variant")
+        self.model, self.plan, self.st, self.shapes = model, plan, st, shapes
+        self.given_indices = given_indices  # the validation variant: kept indices are inputs
+        self.restore_fn = restore_fn
+        self.restore_add_fn = restore_add_fn  # the restore fused with its residual add (one node instead of two)
+        self.last = st.index == plan.executed[-1].index
+
+    @property
+    def blocks_pruned(self) -> list[int]:
+        return [i for i in range(self.model.cfg.depth) if self.st.pruned and self.plan.block_pruned(i)]
+
+    def prune_step(self):
+        st, plan = self.st, self.plan
+        if not st.pruned:
+            return None
+        extra = {} if self.restore_fn is None else {"restore": self.restore_fn}
+        if self.restore_add_fn is not None:
+            extra["restore_add"] = self.restore_add_fn
+        return self.prune_cls(kept=st.kept, hw=(st.h, st.w), cache_hw=plan.cache_hw, block_range=plan.block_range,
+                              select=select_pivotal_topk, **extra)
+
+
+class StepGraph(FastVARStepGraph):
     """One executed scale with every state tensor explicit, at this step's static sizes.
 
     Inputs: the scale's tokens (sos at step 0, else the upsampled codes), the conditioning, each
@@ -162,18 +195,9 @@ class StepGraph:
                  attn_budget: int | None = None, restore_add_fn: Callable[..., torch.Tensor] | None = None) -> None:
         if st.skipped:
             raise ValueError(f"step {st.index} is skipped by the schedule and has no graph")
-        if given_indices and not st.pruned:
-            raise ValueError(f"step {st.index} is not pruned: it has no validation variant")
-        self.given_indices = given_indices  # the validation variant: kept indices are inputs
+        self._setup(model, plan, st, shapes, restore_fn, given_indices, restore_add_fn)
         self.attn_budget = attn_budget  # bytes of attention scores (+ probabilities) one chunk may hold
-        self.model, self.sched, self.plan, self.st, self.shapes = model, sched, plan, st, shapes
-        self.restore_fn = restore_fn
-        self.restore_add_fn = restore_add_fn  # the restore fused with its residual add (one node instead of two)
-        self.last = st.index == plan.executed[-1].index
-
-    @property
-    def blocks_pruned(self) -> list[int]:
-        return [i for i in range(self.model.cfg.depth) if self.st.pruned and self.plan.block_pruned(i)]
+        self.sched = sched
 
     def definition(self) -> GraphDef:
         cfg, s, st, plan = self.model.cfg, self.shapes, self.st, self.plan
@@ -235,16 +259,6 @@ class StepGraph:
             chunk = chunk - chunk % 64 if chunk >= 128 else chunk
             out.append(None if chunk >= n else int(chunk))
         return out
-
-    def prune_step(self) -> PruneStep | None:
-        st, plan = self.st, self.plan
-        if not st.pruned:
-            return None
-        extra = {} if self.restore_fn is None else {"restore": self.restore_fn}
-        if self.restore_add_fn is not None:
-            extra["restore_add"] = self.restore_add_fn
-        return PruneStep(kept=st.kept, hw=(st.h, st.w), cache_hw=plan.cache_hw, block_range=plan.block_range,
-                         select=select_pivotal_topk, **extra)
 
     def _given(self, x: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, ...]] | None:
         if not self.given_indices:

@@ -16,8 +16,16 @@ from dataclasses import replace
 import torch
 import torch.nn as nn
 
-from fastvar.export.fastvar import select_pivotal_topk
-from fastvar.export.graphs import DecodeModule, GraphDef, Shapes, _CallModel, _param_names, _spec, _Traced
+from fastvar.export.graphs import (
+    DecodeModule,
+    FastVARStepGraph,
+    GraphDef,
+    Shapes,
+    _CallModel,
+    _param_names,
+    _spec,
+    _Traced,
+)
 from fastvar.export.kv_layout import new_length, past_lengths
 from fastvar.export.models.hart import HART, HARTConditioning
 from fastvar.export.models.hart_fastvar import HARTPruneStep
@@ -63,7 +71,7 @@ class HARTConditionGraph:
         return _Traced(_CallModel(self.model), _param_names(self.model), len(self.definition().inputs), call)
 
 
-class HARTStepGraph:
+class HARTStepGraph(FastVARStepGraph):
     """One HART step at its static sizes, every state tensor explicit.
 
     Inputs: the projected text (step 0) or the area-downsampled f_hat tokens, the head AdaLN and text
@@ -74,19 +82,12 @@ class HARTStepGraph:
     head reads.
     """
 
+    prune_cls = HARTPruneStep
+
     def __init__(self, model: HART, plan: PrunePlan, st: StepPlan, shapes: Shapes,
                  restore_fn: Callable[..., torch.Tensor] | None = None, given_indices: bool = False,
                  restore_add_fn: Callable[..., torch.Tensor] | None = None) -> None:
-        if given_indices and not st.pruned:
-            raise ValueError(f"step {st.index} is not pruned: it has no validation variant")
-        self.model, self.plan, self.st, self.shapes = model, plan, st, shapes
-        self.restore_fn, self.given_indices = restore_fn, given_indices
-        self.restore_add_fn = restore_add_fn  # the restore fused with its residual add (one node instead of two)
-        self.last = st.index == plan.executed[-1].index
-
-    @property
-    def blocks_pruned(self) -> list[int]:
-        return [i for i in range(self.model.cfg.depth) if self.st.pruned and self.plan.block_pruned(i)]
+        self._setup(model, plan, st, shapes, restore_fn, given_indices, restore_add_fn)
 
     def definition(self) -> GraphDef:
         cfg, s, st, plan = self.model.cfg, self.shapes, self.st, self.plan
@@ -126,16 +127,6 @@ class HARTStepGraph:
         name, kind = (f"step_{st.index:02d}_validate", "validate") if self.given_indices else \
             (f"step_{st.index:02d}", "step")
         return GraphDef(name, kind, inputs, outputs, _param_names(self.model, ""), st.index)
-
-    def prune_step(self) -> HARTPruneStep | None:
-        st, plan = self.st, self.plan
-        if not st.pruned:
-            return None
-        extra = {} if self.restore_fn is None else {"restore": self.restore_fn}
-        if self.restore_add_fn is not None:
-            extra["restore_add"] = self.restore_add_fn
-        return HARTPruneStep(kept=st.kept, hw=(st.h, st.w), cache_hw=plan.cache_hw, block_range=plan.block_range,
-                             select=select_pivotal_topk, **extra)
 
     def module(self) -> nn.Module:
         cfg, st, plan, shapes = self.model.cfg, self.st, self.plan, self.shapes

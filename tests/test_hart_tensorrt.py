@@ -86,6 +86,11 @@ def test_hart_tensorrt_chain_equals_onnxruntime_and_repeats_exactly(fake_tensorr
     again = _generate(be, art)  # the same buffers and addresses, a second image
     assert all(np.array_equal(again.tokens[k], first.tokens[k]) for k in first.tokens)
     assert np.array_equal(again.images, first.images)
+    from fastvar.manifest import ArtifactError
+
+    partial = TensorRTBackend(art, "cpu", graphs=[n for n in art.run_graphs() if n != "next_input_05"])
+    with pytest.raises(ArtifactError, match="no next_input_05 graph is loaded"):  # not the last step's shortcut
+        _generate(partial, art)
 
 
 def test_fastvar_validate_judges_the_hart_engines(fake_tensorrt, art_dir):
