@@ -8,10 +8,11 @@ encoder included) or a bare state dict, with upstream's wrapped (``conv_in.conv.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -186,8 +187,37 @@ def load_infinity(path: str | os.PathLike, vae: VAEConfig | None = None) -> Infi
     with torch.device("meta"):
         model = Infinity(cfg)
     _check_strict(model, sd, "transformer")
+    return load_into_meta(model, sd, "transformer").eval()
+
+
+def _module_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor a module holds: parameters, buffers, and tensors kept as plain attributes or as fields of
+    a dataclass attribute (constants such as a diffusion schedule, which ``load_state_dict`` never fills)."""
+    yield from model.named_parameters()
+    yield from model.named_buffers()
+    for prefix, mod in model.named_modules():
+        for attr, val in vars(mod).items():
+            where = f"{prefix}.{attr}" if prefix else attr
+            if isinstance(val, torch.Tensor):
+                yield where, val
+            elif dataclasses.is_dataclass(val) and not isinstance(val, type):
+                for f in dataclasses.fields(val):
+                    if isinstance(t := getattr(val, f.name), torch.Tensor):
+                        yield f"{where}.{f.name}", t
+
+
+def load_into_meta(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> nn.Module:
+    """Assign a strictly checked state dict (as fp32) to a model built on the meta device.
+
+    Building on meta skips a random initialisation the checkpoint would overwrite; anything the state dict
+    does not hold must have been made on a real device, or it would stay without data and fail only when
+    generating. That is checked here, once, so a loader cannot hand out a half-loaded model."""
     model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
-    return model.eval()
+    left = sorted({name for name, t in _module_tensors(model) if t.is_meta})
+    if left:
+        raise RuntimeError(f"{what}: {len(left)} tensors are not in the checkpoint and were never materialised "
+                           f"(first: {', '.join(left[:3])}); the model must create its constants on a real device")
+    return model
 
 
 # ---- VAE -----------------------------------------------------------------------------------------

@@ -18,7 +18,13 @@ import torch
 from torch import nn
 
 from fastvar.atomic import atomic_path
-from fastvar.export.models.checkpoint import CheckpointError, _check_strict, read_state_dict, save_state_dict
+from fastvar.export.models.checkpoint import (
+    CheckpointError,
+    _check_strict,
+    load_into_meta,
+    read_state_dict,
+    save_state_dict,
+)
 from fastvar.export.models.hart import HART, UNUSED_BUFFERS
 from fastvar.export.models.hart_config import (
     HF_MODEL_TYPE,
@@ -121,8 +127,7 @@ def load_hart(folder: str | os.PathLike, use_ema: bool = True,
                                   "upstream's sample.py does); pass use_ema=False to use the plain weights")
         sd = _transformer_dict(_tensors_only(read_state_dict(ema_path), ema_path))
         _check_strict(model, sd, f"HART transformer ({EMA_FILE})")
-    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
-    return model.eval()
+    return load_into_meta(model, sd, "HART transformer").eval()
 
 
 def _tokenizer_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

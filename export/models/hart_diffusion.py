@@ -148,8 +148,9 @@ def cosine_schedule(steps: int, train_steps: int = TRAIN_STEPS) -> DiffusionSche
     def f32(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(a, dtype=np.float64)).float()
 
+    # device="cpu": a model built on the meta device (to load a checkpoint over it) still gets real constants
     return DiffusionSchedule(
-        timestep_map=torch.tensor(keep, dtype=torch.int64),
+        timestep_map=torch.tensor(keep, dtype=torch.int64, device="cpu"),
         sqrt_recip_ac=f32(np.sqrt(1.0 / ac)), sqrt_recipm1_ac=f32(np.sqrt(1.0 / ac - 1)),
         coef1=f32(betas * np.sqrt(ac_prev) / (1.0 - ac)),
         coef2=f32((1.0 - ac_prev) * np.sqrt(1.0 - betas) / (1.0 - ac)),
