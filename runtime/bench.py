@@ -181,7 +181,7 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
                     c.graph_s.append(be.graph_seconds(family.loop_graphs) - g0)
                     for s in t["steps"]:
                         c.steps.setdefault(s["index"], []).append(s["seconds"])
-                c.kv_bytes, c.peak_rss_bytes = be.kv.nbytes, _peak_rss()
+                c.kv_bytes, c.peak_rss_bytes = be.kv_bytes, _peak_rss()
                 configs.append(c)
                 s = c.summary()
                 log(f"{res} {spec:>8} {backend:>11}: loop {s['loop_median_s']:.3f}s "

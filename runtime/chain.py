@@ -65,6 +65,9 @@ def generate(backend, sched: ScaleSchedule, plan: PrunePlan, geom: Geometry | HA
     if state.device.type == "cuda":
         torch.cuda.synchronize(state.device)  # steps only queue work on a GPU: loop_s is the time they took
     t_dec = time.perf_counter()
+    del noise, logits, sampled, drawn
+    family.end_loop()
+    backend.end_loop()  # the decoder needs none of the loop's state: its peak is not added to theirs
     image = family.decode(backend)
     result = GenerationResult(images=to_uint8_image(image))
     result.tokens = {k: t.cpu().numpy() for k, t in tokens.items()}

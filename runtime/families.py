@@ -114,6 +114,9 @@ class InfinityFamily:
     def state(self) -> torch.Tensor:
         return self.summed
 
+    def end_loop(self) -> None:
+        """Nothing to drop: the summed codes are the decoder's input."""
+
     def decode(self, backend) -> torch.Tensor:
         return backend.decode(self.summed.squeeze(-3))
 
@@ -179,6 +182,10 @@ class HARTFamily:
     @property
     def state(self) -> torch.Tensor:
         return self.f_hat
+
+    def end_loop(self) -> None:
+        """Drop the loop's buffers (next input, filtered logits, noise); f_hat is the decoder's input."""
+        self.x_in, self.filtered, self.noise = None, None, None
 
     def decode(self, backend) -> torch.Tensor:
         return backend.decode(self.f_hat)

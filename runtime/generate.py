@@ -197,7 +197,7 @@ def memory_report(backend, manifest: dict) -> dict:
     plan = {it["name"]: it for it in manifest["memory_plan"]["items"]}
     peak = plan.get("peak step activations", {"bytes": 0, "note": ""})
     return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "weights_bytes": weights,
-            "kv_cache_bytes": backend.kv.nbytes if backend.kv is not None else 0,
+            "kv_cache_bytes": backend.kv_bytes,
             "planned_peak_activations_bytes": peak["bytes"], "planned_peak_note": peak["note"]}
 
 

@@ -699,7 +699,7 @@ def time_schedule(ctx: Context, spec: str, backend, gen: Callable, macs: int, ex
            "steps_note": "the chain's per-step host times (not synchronised on CUDA)",
            "executed_steps": executed, "gmacs": macs / 1e9,
            "achieved_tflops_loop": 2 * macs / loop / 1e12 if loop > 0 else None,
-           "kv_cache_bytes": backend.kv.nbytes if backend.kv is not None else 0,
+           "kv_cache_bytes": backend.kv_bytes,
            "runs_repeat_bit_for_bit": all(_tokens_equal(outs[0], o) for o in outs[1:])}
     if notes:
         row["notes"] = notes

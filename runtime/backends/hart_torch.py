@@ -38,6 +38,7 @@ class HARTTorchBackend:
         self.device = model.word_embed.weight.device
         self.cond: HARTConditioning | None = None
         self.kv: KVCache | None = None
+        self.kv_bytes = 0
         self.restore_caches: list | None = None
         self.hidden: torch.Tensor | None = None  # the last step's hidden states (the diffusion head reads them)
         self.kept_sets: dict[int, dict[str, np.ndarray]] = {}
@@ -69,6 +70,7 @@ class HARTTorchBackend:
         self.seconds["condition"] += time.perf_counter() - t0
         self.kv = KVCache(self.plan, m.cfg.depth, self.cond.rows, m.cfg.heads, m.cfg.head_dim, torch.float32,
                           self.device)
+        self.kv_bytes = self.kv.nbytes
         self.restore_caches, self.hidden, self.kept_sets = None, None, {}
 
     def step(self, st: StepPlan, x_in: torch.Tensor | None, weight: float, inv_tau: float, write_kv: bool,
@@ -115,6 +117,11 @@ class HARTTorchBackend:
         out = self.tok.next_input(si, f_hat, self.tok.tokens_to_map(tokens, pns[si]), pns)
         self.seconds["next_input"] += time.perf_counter() - t0
         return out
+
+    def end_loop(self) -> None:
+        """Free the KV cache, restore caches and the last hidden states before the decoder runs. The
+        conditioning stays: ``batch`` reads it."""
+        self.kv, self.restore_caches, self.hidden, self.last_output = None, None, None, None
 
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()

@@ -111,6 +111,7 @@ class OnnxReferenceBackend:
         self.caches: dict[str, torch.Tensor] = {}
         self.kept_sets: dict[int, dict[str, np.ndarray]] = {}
         self.kv: KVCache | None = None
+        self.kv_bytes = 0
 
     def _run(self, name: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         rec = self.art.graph(name)
@@ -132,6 +133,7 @@ class OnnxReferenceBackend:
         rows = self.cond["gss"].shape[0]
         dtype = self.cond["ca_k_0"].dtype
         self.kv = KVCache(self.plan, self.depth, rows, self.heads, self.head_dim, dtype)
+        self.kv_bytes = self.kv.nbytes
         self.caches, self.kept_sets = {}, {}
 
     def step(self, st: StepPlan, codes_in: torch.Tensor | None, cfg: float, inv_tau: float,
@@ -159,6 +161,10 @@ class OnnxReferenceBackend:
         if kept:
             self.kept_sets[st.index] = kept
         return out["logits"], out["bits"]
+
+    def end_loop(self) -> None:
+        """Free the KV cache, restore caches and conditioning before the decoder runs (kept sets stay)."""
+        self.kv, self.caches, self.cond = None, {}, {}
 
     def decode(self, summed: torch.Tensor) -> torch.Tensor:
         return self._run("decoder", {"codes": summed.float()})["image"]

@@ -5,7 +5,9 @@
 - KV cache: allocated once for the backend's life; a step's ``past_*`` inputs point at each block's
   prefix and its ``new_*`` outputs at the slice right after it, so the engine writes in place.
 - Activations: every context is created ``USER_MANAGED`` and given the same scratch buffer, sized for the
-  largest engine (they run one after another on one stream).
+  largest engine (they run one after another on one stream). The decoder shares it too, so the peak is
+  weights + KV cache + the largest engine's scratch; unlike the other backends the KV cache is kept
+  between images (``end_loop`` frees nothing), since a replayed CUDA graph needs its fixed addresses.
 - Fixed addresses: conditioning outputs, restore caches, logits and bits live in buffers owned here and
   per-call inputs (noise, codes, scalars) are copied into owned buffers, so every step's bindings are the
   same on every image and a CUDA graph captured once per step replays (AOT plugin engines only: a JIT
@@ -253,6 +255,7 @@ class TensorRTBackend(HARTGraphCalls):
         self.cond = {n: cond.output(n) for n in cond.outputs}
         self.kv = KVCache(self.plan, self.depth, self.cond["head_scale"].shape[0], cfg["heads"], cfg["head_dim"],
                           kv_dtype(art), self.device)
+        self.kv_bytes = self.kv.nbytes
         self.caches: dict[str, torch.Tensor] = {}
         self._kept: dict[int, dict[str, torch.Tensor]] = {}
         self.hidden: torch.Tensor | None = None
@@ -357,6 +360,10 @@ class TensorRTBackend(HARTGraphCalls):
     def _graph_inputs(self, name: str) -> dict | None:
         e = self.engines.get(name)
         return None if e is None else e.inputs
+
+    def end_loop(self) -> None:
+        """The KV cache, caches and scratch are the backend's for its whole life (fixed addresses for CUDA
+        graph replay, counted once in the plan): nothing is freed between the loop and the decoder."""
 
     def decode(self, summed: torch.Tensor) -> torch.Tensor:
         """The image from Infinity's summed codes or HART's f_hat (each decoder's one input)."""

@@ -27,6 +27,7 @@ class TorchBackend:
                      for s in sched.scales]
         self.cond: Conditioning | None = None
         self.kv: KVCache | None = None
+        self.kv_bytes = 0
         self.restore_caches: list | None = None
         self.kept_sets: dict[int, dict[str, np.ndarray]] = {}  # step -> kept_{sub}_{block}, as graphs name them
         self.last_output: StepOutput | None = None  # the last step's full output (goldens read it)
@@ -43,6 +44,7 @@ class TorchBackend:
         self.seconds["condition"] += time.perf_counter() - t0
         rows = self.cond.sos.shape[0]
         self.kv = KVCache(self.plan, m.cfg.depth, rows, m.cfg.heads, m.cfg.head_dim, m.compute_dtype, self.device)
+        self.kv_bytes = self.kv.nbytes
         self.restore_caches = None
         self.kept_sets = {}
 
@@ -74,6 +76,10 @@ class TorchBackend:
             for i in range(depth):
                 self.kv.write(i, out.new_k[i], out.new_v[i])
         return out.logits, None
+
+    def end_loop(self) -> None:
+        """Free the KV cache, restore caches and conditioning before the decoder runs (kept sets stay)."""
+        self.kv, self.restore_caches, self.cond, self.last_output = None, None, None, None
 
     def decode(self, summed: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()
