@@ -23,26 +23,16 @@ import torch
 
 import fastvar
 from fastvar.atomic import atomic_write_bytes, atomic_write_json
-from fastvar.export.graphs import ConditionGraph, DecoderGraph, GraphDef, Shapes, StepGraph, weight_tensors
-from fastvar.export.memory_plan import MemoryPlan, memory_plan
-from fastvar.export.models.bsq_vae import BSQVAEDecoder
-from fastvar.export.models.factory import ModelOptions, build_pair, is_hart
-from fastvar.export.models.infinity import Infinity
-from fastvar.export.models.infinity_config import InfinityConfig, preset
-from fastvar.export.schedules import (
-    PrunePlan,
-    ScaleSchedule,
-    hart_prune_plan,
-    hart_schedule,
-    prune_plan,
-    scale_schedule,
-)
+from fastvar.export.graphs import GraphDef, Shapes, weight_tensors
+from fastvar.export.memory_plan import MemoryPlan
+from fastvar.export.models.factory import ModelOptions, build_pair
+from fastvar.export.schedules import PrunePlan, ScaleSchedule
+from fastvar.family import for_model
 from fastvar.manifest import FORMAT_VERSION, MANIFEST, file_record, verify_file
 
 BACKENDS = ("tensorrt", "onnxruntime", "onnx")
 RESTORE_OPS = ("auto", "custom", "custom-add", "standard")
 TRT_TOPK_MAX = 3840
-CODEBOOK_KEY = "tokenizer.quantize.embedding.weight"
 
 
 @dataclass
@@ -76,64 +66,41 @@ class ModelSource:
 
     def __init__(self, opts: ExportOptions) -> None:
         self.opts = opts
-        self.hart = is_hart(opts.model)
-        self._pair: tuple[Infinity, BSQVAEDecoder] | None = None
-        if self.hart and not opts.random_init:
-            self._pair = build_pair(opts.model, opts.ckpt, opts.vae, False, opts.depth, 0, opts.precision)
-            self.cfg = self._pair[0].cfg
-            self.identity = {"kind": "checkpoint", "ckpt": _file_identity(opts.ckpt)}
-        elif opts.random_init:
+        self.family = for_model(opts.model)
+        self._pair: tuple | None = None
+        if opts.random_init:
             if opts.ckpt or opts.vae:
                 raise ValueError("--random-init and --ckpt/--vae exclude each other: pick one")
-            cfg = _preset(opts.model)
+            cfg = self.family.preset(opts.model)
             self.cfg = cfg.with_depth(opts.depth) if opts.depth is not None else cfg
             self.identity = {"kind": "random-init", "preset": cfg.name, "depth": self.cfg.depth,
                              "seed": opts.weights_seed}
         else:
-            if not (opts.ckpt and opts.vae):
-                raise ValueError("give both --ckpt (transformer) and --vae (VAE) checkpoints, or --random-init")
+            files = self.family.checkpoint_files(opts.ckpt, opts.vae)
             self._pair = build_pair(opts.model, opts.ckpt, opts.vae, False, opts.depth, 0, opts.precision)
             self.cfg = self._pair[0].cfg
-            self.identity = {"kind": "checkpoint", "ckpt": _file_identity(opts.ckpt), "vae": _file_identity(opts.vae)}
+            self.identity = {"kind": "checkpoint", **{k: file_identity(p) for k, p in files.items()}}
 
-    def pair(self) -> tuple[Infinity, BSQVAEDecoder]:
+    def pair(self) -> tuple:
         if self._pair is None:
             o = self.opts
             self._pair = build_pair(o.model, None, None, True, o.depth, o.weights_seed, o.precision)
         return self._pair
 
-    def skeleton(self) -> Infinity:
+    def skeleton(self):
         """The model on the meta device: enough to describe every graph without any weight."""
         if self._pair is not None:
             return self._pair[0]
-        with torch.device("meta"):
-            if self.hart:
-                from fastvar.export.models.hart import HART
-
-                return HART(self.cfg)
-            return Infinity(self.cfg).set_precision(self.opts.precision)
+        return self.family.skeleton(self.cfg, self.opts.precision)
 
     def skeleton_decoder(self):
         """The decoder side (VAE, or HART's tokenizer) on the meta device, or the real one when loaded."""
         if self._pair is not None:
             return self._pair[1]
-        with torch.device("meta"):
-            if self.hart:
-                from fastvar.export.models.hart_tokenizer import HARTTokenizer
-
-                return HARTTokenizer(self.cfg.tokenizer)
-            return BSQVAEDecoder(self.cfg.vae)
+        return self.family.skeleton_decoder(self.cfg)
 
 
-def _preset(model: str):
-    if is_hart(model):
-        from fastvar.export.models.hart_config import preset as hart_preset
-
-        return hart_preset(model)
-    return preset(model)
-
-
-def _file_identity(path: str) -> dict:
+def file_identity(path: str) -> dict:
     p = Path(path).resolve()
     if not p.exists():
         raise ValueError(f"{path} does not exist")
@@ -157,42 +124,6 @@ def schedule_record(sched: ScaleSchedule, plan: PrunePlan) -> list[dict]:
              "graph": None if st.skipped else f"graphs/step_{st.index:02d}.onnx"} for st in plan.steps]
 
 
-def _graphs(model: Infinity, vae_cfg, sched: ScaleSchedule, plan: PrunePlan, shapes: Shapes, restore_fns: dict,
-            vae: BSQVAEDecoder | None, budget: int | None) -> list:
-    if not isinstance(model, Infinity):
-        return _hart_graphs(model, vae, plan, shapes, restore_fns)
-    out: list = [ConditionGraph(model, shapes)]
-    out += [StepGraph(model, sched, plan, st, shapes, attn_budget=budget, **restore_fns) for st in plan.executed]
-    out += [StepGraph(model, sched, plan, st, shapes, given_indices=True, attn_budget=budget, **restore_fns)
-            for st in plan.executed if st.pruned]
-    last = sched.scales[-1]
-    hw = (2 * last.h, 2 * last.w) if model.cfg.spatial_patchify else (last.h, last.w)
-    out.append(DecoderGraph(vae if vae is not None else _meta_vae(vae_cfg), hw, shapes.batch))
-    return out
-
-
-def _hart_graphs(model, tok, plan: PrunePlan, shapes: Shapes, restore_fns: dict) -> list:
-    """HART's graphs: condition, one per step (+ validation variants), the diffusion head, the tokenizer's
-    next-input per step and its decoder."""
-    from fastvar.export.hart_graphs import (
-        HARTConditionGraph,
-        HARTDecoderGraph,
-        HARTDiffusionGraph,
-        HARTNextInputGraph,
-        HARTStepGraph,
-    )
-
-    restore = restore_fns
-    pns = model.cfg.patch_nums
-    out: list = [HARTConditionGraph(model, shapes)]
-    out += [HARTStepGraph(model, plan, st, shapes, **restore) for st in plan.executed]
-    out += [HARTStepGraph(model, plan, st, shapes, given_indices=True, **restore) for st in plan.executed if st.pruned]
-    out.append(HARTDiffusionGraph(model, shapes))
-    out += [HARTNextInputGraph(tok, pns, si, shapes.batch) for si in range(len(pns) - 1)]
-    out.append(HARTDecoderGraph(tok, pns[-1], shapes.batch))
-    return out
-
-
 def restore_spelling(restore_op: str) -> dict:
     """StepGraph's restore functions for a ``--restore-op``: the plugin node(s), or standard ops."""
     from fastvar.plugins.restore.torch_op import restore_add_custom, restore_custom, restore_standard
@@ -202,11 +133,6 @@ def restore_spelling(restore_op: str) -> dict:
     if restore_op == "custom-add":
         return {"restore_fn": restore_custom, "restore_add_fn": restore_add_custom}
     return {"restore_fn": restore_custom}
-
-
-def _meta_vae(cfg) -> BSQVAEDecoder:
-    with torch.device("meta"):
-        return BSQVAEDecoder(cfg)
 
 
 def check_tensorrt_limits(plan: PrunePlan, backend: str) -> None:
@@ -232,40 +158,15 @@ def resolve(opts: ExportOptions) -> tuple[ModelSource, ScaleSchedule, PrunePlan,
     if opts.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {opts.batch}")
     source = ModelSource(opts)
-    if source.hart:
-        return _resolve_hart(opts, source)
-    cfg: InfinityConfig = source.cfg
-    if not 1 <= opts.text_len <= cfg.text_maxlen:
-        raise ValueError(f"--text-len must be in [1, {cfg.text_maxlen}] (the model's text maximum), "
-                         f"got {opts.text_len}")
-    sched = scale_schedule(opts.res, opts.aspect)
-    plan = prune_plan(sched, opts.schedule, cfg.depth)
-    check_tensorrt_limits(plan, opts.backend)
-    return source, sched, plan, Shapes(opts.batch, opts.text_len, opts.guidance)
-
-
-def _resolve_hart(opts: ExportOptions, source: ModelSource) -> tuple[ModelSource, ScaleSchedule, PrunePlan, Shapes]:
-    """HART: the checkpoint's schedule, its FastVAR plan, and the text padded to exactly its context length."""
-    cfg = source.cfg
-    if opts.precision != "fp32":
-        raise ValueError(f"HART runs in fp32 only so far (got --precision {opts.precision}); see docs/design/hart.md")
-    if opts.text_len not in (ExportOptions.text_len, cfg.context_tokens):
-        raise ValueError(f"HART takes exactly {cfg.context_tokens} text tokens (padded); --text-len {opts.text_len} "
-                         "does not apply to it")
-    sched = hart_schedule(cfg.patch_nums, opts.res, opts.aspect)
-    plan = hart_prune_plan(sched, opts.schedule, cfg.depth, cfg.context_tokens)
-    check_tensorrt_limits(plan, opts.backend)
-    return source, sched, plan, Shapes(opts.batch, cfg.context_tokens, opts.guidance)
+    r = source.family.resolve_export(source.cfg, opts)
+    check_tensorrt_limits(r.plan, opts.backend)
+    return source, r.sched, r.plan, Shapes(opts.batch, r.text_len, opts.guidance)
 
 
 def _memory_plan(source: ModelSource, sched: ScaleSchedule, plan: PrunePlan, shapes: Shapes,
                  precision: str) -> MemoryPlan:
-    if source.hart:
-        from fastvar.export.memory_plan import hart_memory_plan
-
-        return hart_memory_plan(source.skeleton(), source.skeleton_decoder(), sched, plan, shapes.batch,
-                                shapes.guidance)
-    return memory_plan(source.cfg, sched, plan, shapes.batch, precision, shapes.text_len, shapes.guidance)
+    return source.family.memory_plan(source.cfg, source.skeleton(), source.skeleton_decoder(), sched, plan, shapes,
+                                     precision)
 
 
 def plan_memory(opts: ExportOptions) -> MemoryPlan:
@@ -302,15 +203,14 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
     tools = tool_versions()
     skeleton = source.skeleton()
     budget = opts.resolved_attention_budget()
-    vae_cfg = None if source.hart else source.cfg.vae
-    defs = _graphs(skeleton, vae_cfg, sched, plan, shapes, restore_fns, source.skeleton_decoder() if source.hart
-                   else None, budget)
+    fam = source.family
+    defs = fam.graphs(skeleton, source.skeleton_decoder(), sched, plan, shapes, restore_fns, budget)
     common = {"opset": 20, "restore_op": restore_op, "precision": opts.precision, "tools": tools,
               "config": source.cfg.to_dict()}
     old = _previous(root, opts.force)
     manifest = {
         "format_version": FORMAT_VERSION, "complete": False,
-        "model": {"name": opts.model, "family": "hart" if source.hart else "infinity", "config": source.cfg.to_dict(),
+        "model": {"name": opts.model, "family": fam.name, "config": source.cfg.to_dict(),
                   "source": source.identity},
         "resolution": opts.res, "aspect": opts.aspect, "template": sched.template, "tier": sched.tier,
         "pixels": list(sched.pixels), "precision": opts.precision, "batch": opts.batch, "text_len": shapes.text_len,
@@ -338,17 +238,10 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
         t0 = time.perf_counter()
         model, vae = source.pair()
         weights = weight_tensors(model)
-        if source.hart:
-            if not real:
-                real.update((x.definition().name, x) for x in _graphs(model, None, sched, plan, shapes, restore_fns,
-                                                                      vae, budget))
-            g = real[d.name]
-        elif isinstance(g, DecoderGraph):
-            g = DecoderGraph(vae, g.code_hw, g.batch)
-        else:
-            g = type(g)(model, shapes) if isinstance(g, ConditionGraph) else \
-                StepGraph(model, sched, plan, g.st, shapes, given_indices=g.given_indices, attn_budget=budget,
-                          **restore_fns)
+        if not real:  # the same graphs over the real weights (the skeleton's describe them, these trace)
+            real.update((x.definition().name, x) for x in fam.graphs(model, vae, sched, plan, shapes, restore_fns,
+                                                                     budget))
+        g = real[d.name]
         data, final = _export_one(g, d, weights, table)
         atomic_write_bytes(path, data)
         manifest["graphs"][d.name] = {**final.signature(), "key": key, "file": file_record(root, path)}
@@ -356,8 +249,8 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
         log(f"[{i}/{n}] {d.name}: {_what(d, plan)} exported in {time.perf_counter() - t0:.1f}s")
         _write_manifest(root, manifest)
     keys = sorted({w for g in manifest["graphs"].values() for w in g["weights"]})
-    if source.hart:
-        manifest["codebook"] = CODEBOOK_KEY
+    if fam.codebook_key:
+        manifest["codebook"] = fam.codebook_key
     wkey = _key({"source": source.identity, "precision": opts.precision, "keys": keys})
     store = root / "weights" / "transformer.safetensors"
     prev_w = (old.get("weights") or [None])[0]
@@ -369,9 +262,9 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
         t0 = time.perf_counter()
         model, vae = source.pair()
         tensors = weight_tensors(model)
-        if source.hart:  # the loop samples and embeds tokens itself: it reads the codebook from the store
-            keys = [*keys, CODEBOOK_KEY]
-            tensors[CODEBOOK_KEY] = vae.codebook
+        extra = fam.extra_weights(vae)
+        keys = [*keys, *extra]
+        tensors.update(extra)
         write_store(store, keys, tensors)
         manifest["weights"] = [{**file_record(root, store), "key": wkey, "tensors": len(keys)}]
         rebuilt.append("weights")

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
+from fastvar import graph_names as gn
 from fastvar.export.fastvar import select_pivotal_topk
 from fastvar.export.kv_layout import new_length, past_lengths
 from fastvar.export.models.bsq_vae import BSQVAEDecoder
@@ -27,7 +28,6 @@ from fastvar.runtime.sampling import sample_bits
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16",
                torch.bool: "bool", torch.int64: "int64", torch.int32: "int32", torch.uint8: "uint8"}
 TORCH_DTYPES = {v: k for k, v in DTYPE_NAMES.items()}
-SUBLAYERS = ("sa", "ca", "ffn")
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class TensorSpec:
         return torch.empty(self.shape, dtype=TORCH_DTYPES[self.dtype])
 
 
-def _spec(name: str, shape: tuple[int, ...], dtype: torch.dtype | str) -> TensorSpec:
+def spec(name: str, shape: tuple[int, ...], dtype: torch.dtype | str) -> TensorSpec:
     return TensorSpec(name, tuple(int(d) for d in shape), dtype if isinstance(dtype, str) else DTYPE_NAMES[dtype])
 
 
@@ -80,7 +80,7 @@ class GraphDef:
                 "weights": list(self.weights), "baked": dict(self.baked)}
 
 
-class _Traced(nn.Module):
+class Traced(nn.Module):
     """Maps a flat tuple (data inputs, then weights) onto a call of the model with those weights."""
 
     def __init__(self, model: nn.Module, weight_names: list[str], n_data: int,
@@ -94,7 +94,9 @@ class _Traced(nn.Module):
         return functional_call(self.model, params, (data,), {"_call": self.call}, strict=False, tie_weights=False)
 
 
-class _CallModel(nn.Module):
+class CallModel(nn.Module):
+    """Holds the model under ``m`` so ``Traced`` can swap its weights for graph inputs by name."""
+
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.m = model
@@ -103,7 +105,9 @@ class _CallModel(nn.Module):
         return _call(self.m, data)
 
 
-def _param_names(model: nn.Module, prefix: str = "m.") -> list[str]:
+def param_names(model: nn.Module, prefix: str = "m.") -> list[str]:
+    """Parameter and buffer names in ``named_parameters`` order: the graph's weight inputs (``m.`` for a
+    ``CallModel``, no prefix for the names the manifest and the weight store use)."""
     names = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
     return [prefix + n for n in names]
 
@@ -122,15 +126,15 @@ class ConditionGraph:
     def definition(self) -> GraphDef:
         cfg, s, dt = self.model.cfg, self.shapes, self.model.compute_dtype
         r, c = s.rows, cfg.width
-        inputs = [_spec("text", (s.batch, s.text_len, cfg.text_channels), "float32"),
-                  _spec("text_lengths", (s.batch,), "int64")]
-        outputs = [_spec("sos", (r, 1, c), "float32"), _spec("gss", (r, 1, 6, c), "float32"),
-                   _spec("head_scale", (r, 1, c), "float32"), _spec("head_shift", (r, 1, c), "float32"),
-                   _spec("text_mask", (r, s.text_len), "bool")]
+        inputs = [spec(gn.TEXT, (s.batch, s.text_len, cfg.text_channels), "float32"),
+                  spec(gn.TEXT_LENGTHS, (s.batch,), "int64")]
+        outputs = [spec(gn.SOS, (r, 1, c), "float32"), spec(gn.GSS, (r, 1, 6, c), "float32"),
+                   spec(gn.HEAD_SCALE, (r, 1, c), "float32"), spec(gn.HEAD_SHIFT, (r, 1, c), "float32"),
+                   spec(gn.TEXT_MASK, (r, s.text_len), "bool")]
         for i in range(cfg.depth):
-            for kv in ("ca_k", "ca_v"):
-                outputs.append(_spec(f"{kv}_{i}", (r, cfg.heads, s.text_len, cfg.head_dim), dt))
-        return GraphDef("condition", "condition", inputs, outputs, _param_names(self.model, ""))
+            for name in (gn.ca_k(i), gn.ca_v(i)):
+                outputs.append(spec(name, (r, cfg.heads, s.text_len, cfg.head_dim), dt))
+        return GraphDef(gn.CONDITION_GRAPH, "condition", inputs, outputs, param_names(self.model, ""))
 
     def module(self) -> nn.Module:
         guidance = self.shapes.guidance
@@ -144,7 +148,7 @@ class ConditionGraph:
             return tuple(out)
 
         d = self.definition()
-        return _Traced(_CallModel(self.model), _param_names(self.model), len(d.inputs), call)
+        return Traced(CallModel(self.model), param_names(self.model), len(d.inputs), call)
 
 
 class FastVARStepGraph:
@@ -204,44 +208,44 @@ class StepGraph(FastVARStepGraph):
         dt, r, c, h, hd = self.model.compute_dtype, s.rows, cfg.width, cfg.heads, cfg.head_dim
         past = past_lengths(plan, cfg.depth, st.index)
         lc = plan.steps[plan.cache_scale].tokens if plan.cache_scale is not None else 0
-        inputs = [_spec("sos", (r, 1, c), "float32") if st.index == 0
-                  else _spec("codes", (s.batch, st.tokens, cfg.bits), "float32"),
-                  _spec("gss", (r, 1, 6, c), "float32"), _spec("head_scale", (r, 1, c), "float32"),
-                  _spec("head_shift", (r, 1, c), "float32"), _spec("text_mask", (r, s.text_len), "bool")]
+        inputs = [spec(gn.SOS, (r, 1, c), "float32") if st.index == 0
+                  else spec(gn.CODES, (s.batch, st.tokens, cfg.bits), "float32"),
+                  spec(gn.GSS, (r, 1, 6, c), "float32"), spec(gn.HEAD_SCALE, (r, 1, c), "float32"),
+                  spec(gn.HEAD_SHIFT, (r, 1, c), "float32"), spec(gn.TEXT_MASK, (r, s.text_len), "bool")]
         for i in range(cfg.depth):
-            inputs += [_spec(f"ca_k_{i}", (r, h, s.text_len, hd), dt), _spec(f"ca_v_{i}", (r, h, s.text_len, hd), dt)]
+            inputs += [spec(gn.ca_k(i), (r, h, s.text_len, hd), dt), spec(gn.ca_v(i), (r, h, s.text_len, hd), dt)]
         for i in range(cfg.depth):
             if past[i]:
-                inputs += [_spec(f"past_k_{i}", (past[i], r, h, hd), dt), _spec(f"past_v_{i}", (past[i], r, h, hd), dt)]
+                inputs += [spec(gn.past_k(i), (past[i], r, h, hd), dt), spec(gn.past_v(i), (past[i], r, h, hd), dt)]
+        # the self-attention branch stays in the compute dtype; cross-attention and FFN promote to fp32
+        cache_dtypes = dict(zip(gn.INFINITY_SUBLAYERS, (dt, "float32", "float32"), strict=True))
         for i in self.blocks_pruned:
-            inputs += [_spec(f"cache_sa_{i}", (r, lc, c), dt), _spec(f"cache_ca_{i}", (r, lc, c), "float32"),
-                       _spec(f"cache_ffn_{i}", (r, lc, c), "float32")]
+            inputs += [spec(gn.cache(sub, i), (r, lc, c), cache_dtypes[sub]) for sub in gn.INFINITY_SUBLAYERS]
         if self.given_indices:
             for i in self.blocks_pruned:
-                inputs += [_spec(f"kept_{sub}_{i}", (r, st.kept), "int64") for sub in SUBLAYERS]
+                inputs += [spec(gn.kept(sub, i), (r, st.kept), "int64") for sub in gn.INFINITY_SUBLAYERS]
         if s.guidance:
-            inputs.append(_spec("cfg_scale", (), "float32"))
-        inputs += [_spec("inv_tau", (), "float32"), _spec("noise", (s.batch, st.tokens, cfg.bits), "float32")]
-        outputs = [_spec("logits", (s.batch, st.tokens, cfg.vocab), "float32"),
-                   _spec("bits", (s.batch, st.tokens, cfg.bits), "uint8")]
+            inputs.append(spec(gn.CFG_SCALE, (), "float32"))
+        inputs += [spec(gn.INV_TAU, (), "float32"), spec(gn.NOISE, (s.batch, st.tokens, cfg.bits), "float32")]
+        outputs = [spec(gn.LOGITS, (s.batch, st.tokens, cfg.vocab), "float32"),
+                   spec(gn.BITS, (s.batch, st.tokens, cfg.bits), "uint8")]
         if not self.last:
             for i in range(cfg.depth):
                 n = new_length(plan, st, i)
-                outputs += [_spec(f"new_k_{i}", (n, r, h, hd), dt), _spec(f"new_v_{i}", (n, r, h, hd), dt)]
+                outputs += [spec(gn.new_k(i), (n, r, h, hd), dt), spec(gn.new_v(i), (n, r, h, hd), dt)]
         if st.index == plan.cache_scale:
             for i in range(cfg.depth):
                 if plan.block_pruned(i):
-                    outputs += [_spec(f"cache_sa_{i}", (r, st.tokens, c), dt),
-                                _spec(f"cache_ca_{i}", (r, st.tokens, c), "float32"),
-                                _spec(f"cache_ffn_{i}", (r, st.tokens, c), "float32")]
+                    outputs += [spec(gn.cache(sub, i), (r, st.tokens, c), cache_dtypes[sub])
+                                for sub in gn.INFINITY_SUBLAYERS]
         if not self.given_indices:
             for i in self.blocks_pruned:
-                outputs += [_spec(f"kept_{sub}_{i}", (r, st.kept), "int64") for sub in SUBLAYERS]
-        name, kind = (f"step_{st.index:02d}_validate", "validate") if self.given_indices else \
-            (f"step_{st.index:02d}", "step")
+                outputs += [spec(gn.kept(sub, i), (r, st.kept), "int64") for sub in gn.INFINITY_SUBLAYERS]
+        name, kind = (gn.validate_graph(st.index), "validate") if self.given_indices else \
+            (gn.step_graph(st.index), "step")
         chunks = self.q_chunks()
         baked = {"attention_query_chunks": chunks} if any(chunks) else {}
-        return GraphDef(name, kind, inputs, outputs, _param_names(self.model, ""), st.index, baked)
+        return GraphDef(name, kind, inputs, outputs, param_names(self.model, ""), st.index, baked)
 
     def q_chunks(self) -> list[int | None]:
         """Per block, the query chunk that keeps decomposed attention's scores and probabilities within the
@@ -263,7 +267,7 @@ class StepGraph(FastVARStepGraph):
     def _given(self, x: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, ...]] | None:
         if not self.given_indices:
             return None
-        return [tuple(x[f"kept_{sub}_{i}"] for sub in SUBLAYERS) for i in self.blocks_pruned]
+        return [tuple(x[gn.kept(sub, i)] for sub in gn.INFINITY_SUBLAYERS) for i in self.blocks_pruned]
 
     def module(self) -> nn.Module:
         cfg, st, plan, shapes = self.model.cfg, self.st, self.plan, self.shapes
@@ -277,22 +281,22 @@ class StepGraph(FastVARStepGraph):
 
         def call(m: Infinity, data: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
             x = dict(zip(names, data, strict=True))
-            cond = Conditioning(batch=shapes.batch, sos=x.get("sos"), gss=x["gss"], head_scale=x["head_scale"],
-                                head_shift=x["head_shift"], text_mask=x["text_mask"],
-                                ca_k=[x[f"ca_k_{i}"] for i in range(cfg.depth)],
-                                ca_v=[x[f"ca_v_{i}"] for i in range(cfg.depth)])
+            cond = Conditioning(batch=shapes.batch, sos=x.get(gn.SOS), gss=x[gn.GSS], head_scale=x[gn.HEAD_SCALE],
+                                head_shift=x[gn.HEAD_SHIFT], text_mask=x[gn.TEXT_MASK],
+                                ca_k=[x[gn.ca_k(i)] for i in range(cfg.depth)],
+                                ca_v=[x[gn.ca_v(i)] for i in range(cfg.depth)])
             caches, step_prune = None, prune
             if prune is not None:
                 step_prune = replace(prune, given=given(x))
-                caches = [tuple(x[f"cache_{sub}_{i}"] for sub in SUBLAYERS) if i in pruned_blocks else None
+                caches = [tuple(x[gn.cache(sub, i)] for sub in gn.INFINITY_SUBLAYERS) if i in pruned_blocks else None
                           for i in range(cfg.depth)]
-            cfg_scale = x.get("cfg_scale", torch.ones((), dtype=torch.float32))
-            out = m.step(st.index, x.get("codes"), cond, rope,
-                         [x.get(f"past_k_{i}") for i in range(cfg.depth)],
-                         [x.get(f"past_v_{i}") for i in range(cfg.depth)],
-                         cfg_scale, x["inv_tau"], prune=step_prune, restore_caches=caches, collect_caches=is_cache,
+            cfg_scale = x.get(gn.CFG_SCALE, torch.ones((), dtype=torch.float32))
+            out = m.step(st.index, x.get(gn.CODES), cond, rope,
+                         [x.get(gn.past_k(i)) for i in range(cfg.depth)],
+                         [x.get(gn.past_v(i)) for i in range(cfg.depth)],
+                         cfg_scale, x[gn.INV_TAU], prune=step_prune, restore_caches=caches, collect_caches=is_cache,
                          q_chunks=q_chunks)
-            res = [out.logits, sample_bits(out.logits, x["noise"])]
+            res = [out.logits, sample_bits(out.logits, x[gn.NOISE])]
             if not last:
                 for k, v in zip(out.new_k, out.new_v, strict=True):
                     res += [k, v]
@@ -305,7 +309,7 @@ class StepGraph(FastVARStepGraph):
                     res += list(idx)
             return tuple(res)
 
-        return _Traced(_CallModel(self.model), _param_names(self.model), len(d.inputs), call)
+        return Traced(CallModel(self.model), param_names(self.model), len(d.inputs), call)
 
 
 class DecoderGraph:
@@ -317,9 +321,9 @@ class DecoderGraph:
     def definition(self) -> GraphDef:
         h, w = self.code_hw
         stride = self.vae.cfg.stride
-        codes = _spec("codes", (self.batch, self.vae.cfg.codebook_dim, h, w), "float32")
-        image = _spec("image", (self.batch, 3, h * stride, w * stride), "float32")
-        return GraphDef("decoder", "decoder", [codes], [image])
+        codes = spec(gn.CODES, (self.batch, self.vae.cfg.codebook_dim, h, w), "float32")
+        image = spec(gn.IMAGE, (self.batch, 3, h * stride, w * stride), "float32")
+        return GraphDef(gn.DECODER_GRAPH, "decoder", [codes], [image])
 
     def module(self) -> nn.Module:
         return DecodeModule(self.vae)

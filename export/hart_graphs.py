@@ -16,15 +16,16 @@ from dataclasses import replace
 import torch
 import torch.nn as nn
 
+from fastvar import graph_names as gn
 from fastvar.export.graphs import (
+    CallModel,
     DecodeModule,
     FastVARStepGraph,
     GraphDef,
     Shapes,
-    _CallModel,
-    _param_names,
-    _spec,
-    _Traced,
+    Traced,
+    param_names,
+    spec,
 )
 from fastvar.export.kv_layout import new_length, past_lengths
 from fastvar.export.models.hart import HART, HARTConditioning
@@ -33,16 +34,14 @@ from fastvar.export.models.hart_tokenizer import HARTTokenizer
 from fastvar.export.resample import resample_2d
 from fastvar.export.schedules import PrunePlan, StepPlan
 
-HART_SUBLAYERS = ("attn", "mlp")
-
 
 def _cond(m: HART, batch: int, rows: int, x: dict[str, torch.Tensor]) -> HARTConditioning:
     """The conditioning a step graph rebuilds from its inputs (``sos`` only exists at step 0)."""
-    sos = x.get("sos")
+    sos = x.get(gn.SOS)
     if sos is None:
-        sos = x["head_scale"].new_zeros(rows, 1, m.cfg.width)
-    return HARTConditioning(batch=batch, sos=sos, head_scale=x["head_scale"], head_shift=x["head_shift"],
-                            context_pos=x["context_pos"])
+        sos = x[gn.HEAD_SCALE].new_zeros(rows, 1, m.cfg.width)
+    return HARTConditioning(batch=batch, sos=sos, head_scale=x[gn.HEAD_SCALE], head_shift=x[gn.HEAD_SHIFT],
+                            context_pos=x[gn.CONTEXT_POS])
 
 
 class HARTConditionGraph:
@@ -54,10 +53,10 @@ class HARTConditionGraph:
     def definition(self) -> GraphDef:
         cfg, s = self.model.cfg, self.shapes
         r, c, lt = s.rows, cfg.width, cfg.context_tokens
-        inputs = [_spec("text", (s.batch, lt, cfg.context_dim), "float32"), _spec("text_lengths", (s.batch,), "int64")]
-        outputs = [_spec("sos", (r, lt, c), "float32"), _spec("head_scale", (r, 1, c), "float32"),
-                   _spec("head_shift", (r, 1, c), "float32"), _spec("context_pos", (r, lt), "int64")]
-        return GraphDef("condition", "condition", inputs, outputs, _param_names(self.model, ""))
+        inputs = [spec(gn.TEXT, (s.batch, lt, cfg.context_dim), "float32"), spec(gn.TEXT_LENGTHS, (s.batch,), "int64")]
+        outputs = [spec(gn.SOS, (r, lt, c), "float32"), spec(gn.HEAD_SCALE, (r, 1, c), "float32"),
+                   spec(gn.HEAD_SHIFT, (r, 1, c), "float32"), spec(gn.CONTEXT_POS, (r, lt), "int64")]
+        return GraphDef(gn.CONDITION_GRAPH, "condition", inputs, outputs, param_names(self.model, ""))
 
     def module(self) -> nn.Module:
         guidance, lt = self.shapes.guidance, self.model.cfg.context_tokens
@@ -68,7 +67,7 @@ class HARTConditionGraph:
             cond = m.condition(text, mask, cfg_active=guidance)
             return cond.sos, cond.head_scale, cond.head_shift, cond.context_pos
 
-        return _Traced(_CallModel(self.model), _param_names(self.model), len(self.definition().inputs), call)
+        return Traced(CallModel(self.model), param_names(self.model), len(self.definition().inputs), call)
 
 
 class HARTStepGraph(FastVARStepGraph):
@@ -95,38 +94,38 @@ class HARTStepGraph(FastVARStepGraph):
         past = past_lengths(plan, cfg.depth, st.index)
         lc = plan.steps[plan.cache_scale].tokens if plan.cache_scale is not None else 0
         n_in = cfg.step_tokens(st.index)
-        inputs = [_spec("sos", (r, n_in, c), "float32") if st.index == 0
-                  else _spec("x_in", (s.batch, n_in, cfg.cvae), "float32"),
-                  _spec("head_scale", (r, 1, c), "float32"), _spec("head_shift", (r, 1, c), "float32"),
-                  _spec("context_pos", (r, cfg.context_tokens), "int64")]
+        inputs = [spec(gn.SOS, (r, n_in, c), "float32") if st.index == 0
+                  else spec(gn.X_IN, (s.batch, n_in, cfg.cvae), "float32"),
+                  spec(gn.HEAD_SCALE, (r, 1, c), "float32"), spec(gn.HEAD_SHIFT, (r, 1, c), "float32"),
+                  spec(gn.CONTEXT_POS, (r, cfg.context_tokens), "int64")]
         for i in range(cfg.depth):
             if past[i]:
-                inputs += [_spec(f"past_k_{i}", (past[i], r, h, hd), "float32"),
-                           _spec(f"past_v_{i}", (past[i], r, h, hd), "float32")]
+                inputs += [spec(gn.past_k(i), (past[i], r, h, hd), "float32"),
+                           spec(gn.past_v(i), (past[i], r, h, hd), "float32")]
         for i in self.blocks_pruned:
-            inputs += [_spec(f"cache_{sub}_{i}", (r, lc, c), "float32") for sub in HART_SUBLAYERS]
+            inputs += [spec(gn.cache(sub, i), (r, lc, c), "float32") for sub in gn.HART_SUBLAYERS]
         if self.given_indices:
             for i in self.blocks_pruned:
-                inputs += [_spec(f"kept_{sub}_{i}", (r, st.kept), "int64") for sub in HART_SUBLAYERS]
+                inputs += [spec(gn.kept(sub, i), (r, st.kept), "int64") for sub in gn.HART_SUBLAYERS]
         if s.guidance:
-            inputs.append(_spec("cfg_scale", (), "float32"))
-        outputs = [_spec("logits", (s.batch, st.tokens, cfg.vocab), "float32")]
+            inputs.append(spec(gn.CFG_SCALE, (), "float32"))
+        outputs = [spec(gn.LOGITS, (s.batch, st.tokens, cfg.vocab), "float32")]
         if self.last:
-            outputs.append(_spec("hidden", (r, n_in, c), "float32"))
+            outputs.append(spec(gn.HIDDEN, (r, n_in, c), "float32"))
         else:
             for i in range(cfg.depth):
                 n = new_length(plan, st, i)
-                outputs += [_spec(f"new_{kv}_{i}", (n, r, h, hd), "float32") for kv in ("k", "v")]
+                outputs += [spec(name, (n, r, h, hd), "float32") for name in (gn.new_k(i), gn.new_v(i))]
         if st.index == plan.cache_scale:
             for i in range(cfg.depth):
                 if plan.block_pruned(i):
-                    outputs += [_spec(f"cache_{sub}_{i}", (r, n_in, c), "float32") for sub in HART_SUBLAYERS]
+                    outputs += [spec(gn.cache(sub, i), (r, n_in, c), "float32") for sub in gn.HART_SUBLAYERS]
         if not self.given_indices:
             for i in self.blocks_pruned:
-                outputs += [_spec(f"kept_{sub}_{i}", (r, st.kept), "int64") for sub in HART_SUBLAYERS]
-        name, kind = (f"step_{st.index:02d}_validate", "validate") if self.given_indices else \
-            (f"step_{st.index:02d}", "step")
-        return GraphDef(name, kind, inputs, outputs, _param_names(self.model, ""), st.index)
+                outputs += [spec(gn.kept(sub, i), (r, st.kept), "int64") for sub in gn.HART_SUBLAYERS]
+        name, kind = (gn.validate_graph(st.index), "validate") if self.given_indices else \
+            (gn.step_graph(st.index), "step")
+        return GraphDef(name, kind, inputs, outputs, param_names(self.model, ""), st.index)
 
     def module(self) -> nn.Module:
         cfg, st, plan, shapes = self.model.cfg, self.st, self.plan, self.shapes
@@ -140,14 +139,14 @@ class HARTStepGraph(FastVARStepGraph):
             cond = _cond(m, shapes.batch, shapes.rows, x)
             caches, step_prune = None, prune
             if prune is not None:
-                given = [tuple(x[f"kept_{sub}_{i}"] for sub in HART_SUBLAYERS) for i in pruned_blocks] \
+                given = [tuple(x[gn.kept(sub, i)] for sub in gn.HART_SUBLAYERS) for i in pruned_blocks] \
                     if validate else None
                 step_prune = replace(prune, given=given)
-                caches = [tuple(x[f"cache_{sub}_{i}"] for sub in HART_SUBLAYERS) if i in pruned_blocks else None
+                caches = [tuple(x[gn.cache(sub, i)] for sub in gn.HART_SUBLAYERS) if i in pruned_blocks else None
                           for i in range(cfg.depth)]
-            weight = x.get("cfg_scale", torch.zeros((), dtype=torch.float32))
-            out = m.step(st.index, x.get("x_in"), cond, [x.get(f"past_k_{i}") for i in range(cfg.depth)],
-                         [x.get(f"past_v_{i}") for i in range(cfg.depth)], weight, prune=step_prune,
+            weight = x.get(gn.CFG_SCALE, torch.zeros((), dtype=torch.float32))
+            out = m.step(st.index, x.get(gn.X_IN), cond, [x.get(gn.past_k(i)) for i in range(cfg.depth)],
+                         [x.get(gn.past_v(i)) for i in range(cfg.depth)], weight, prune=step_prune,
                          restore_caches=caches, collect_caches=is_cache)
             res = [out.logits]
             if last:
@@ -164,7 +163,7 @@ class HARTStepGraph(FastVARStepGraph):
                     res += list(idx)
             return tuple(res)
 
-        return _Traced(_CallModel(self.model), _param_names(self.model), len(d.inputs), call)
+        return Traced(CallModel(self.model), param_names(self.model), len(d.inputs), call)
 
 
 class HARTDiffusionGraph:
@@ -177,13 +176,13 @@ class HARTDiffusionGraph:
     def definition(self) -> GraphDef:
         cfg, s = self.model.cfg, self.shapes
         n = cfg.final_side ** 2
-        inputs = [_spec("hidden", (s.rows, n, cfg.width), "float32"),
-                  _spec("discrete", (s.batch, n, cfg.cvae), "float32"),
-                  _spec("noise", (cfg.diff_steps, s.batch * n, cfg.cvae), "float32")]
+        inputs = [spec(gn.HIDDEN, (s.rows, n, cfg.width), "float32"),
+                  spec(gn.DISCRETE, (s.batch, n, cfg.cvae), "float32"),
+                  spec(gn.NOISE, (cfg.diff_steps, s.batch * n, cfg.cvae), "float32")]
         if s.guidance:
-            inputs.append(_spec("cfg_scale", (), "float32"))
-        outputs = [_spec("residual", (s.batch, n, cfg.cvae), "float32")]
-        return GraphDef("diffusion", "diffusion", inputs, outputs, _param_names(self.model, ""))
+            inputs.append(spec(gn.CFG_SCALE, (), "float32"))
+        outputs = [spec(gn.RESIDUAL, (s.batch, n, cfg.cvae), "float32")]
+        return GraphDef(gn.DIFFUSION_GRAPH, "diffusion", inputs, outputs, param_names(self.model, ""))
 
     def module(self) -> nn.Module:
         shapes, cfg = self.shapes, self.model.cfg
@@ -192,13 +191,13 @@ class HARTDiffusionGraph:
         def call(m: HART, data: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
             x = dict(zip(names, data, strict=True))
             # diffusion_condition reads only the row count: the other fields are not part of this graph
-            cond = HARTConditioning(batch=shapes.batch, sos=x["hidden"], head_scale=None, head_shift=None,
+            cond = HARTConditioning(batch=shapes.batch, sos=x[gn.HIDDEN], head_scale=None, head_shift=None,
                                     context_pos=None)
-            z = m.diffusion_condition(x["hidden"], x["discrete"], cond)
-            res = m.diffloss.sample(z, x["noise"], guidance=x.get("cfg_scale"))
+            z = m.diffusion_condition(x[gn.HIDDEN], x[gn.DISCRETE], cond)
+            res = m.diffloss.sample(z, x[gn.NOISE], guidance=x.get(gn.CFG_SCALE))
             return (res.view(shapes.batch, -1, cfg.cvae),)
 
-        return _Traced(_CallModel(self.model), _param_names(self.model), len(names), call)
+        return Traced(CallModel(self.model), param_names(self.model), len(names), call)
 
 
 class HARTNextInputGraph:
@@ -213,9 +212,9 @@ class HARTNextInputGraph:
     def definition(self) -> GraphDef:
         pns, si, b, cv = self.patch_nums, self.si, self.batch, self.tok.cfg.cvae
         p = pns[-1]
-        inputs = [_spec("f_hat", (b, cv, p, p), "float32"), _spec("tokens", (b, pns[si] ** 2, cv), "float32")]
-        outputs = [_spec("f_hat_next", (b, cv, p, p), "float32"), _spec("x_next", (b, pns[si + 1] ** 2, cv), "float32")]
-        return GraphDef(f"next_input_{si:02d}", "next_input", inputs, outputs, [], si)
+        inputs = [spec(gn.F_HAT, (b, cv, p, p), "float32"), spec(gn.TOKENS, (b, pns[si] ** 2, cv), "float32")]
+        outputs = [spec(gn.F_HAT_NEXT, (b, cv, p, p), "float32"), spec(gn.X_NEXT, (b, pns[si + 1] ** 2, cv), "float32")]
+        return GraphDef(gn.next_input_graph(si), "next_input", inputs, outputs, [], si)
 
     def module(self) -> nn.Module:
         tok, pns, si = self.tok, self.patch_nums, self.si
@@ -244,8 +243,8 @@ class HARTDecoderGraph:
 
     def definition(self) -> GraphDef:
         cv, p, stride = self.tok.cfg.cvae, self.side, self.tok.cfg.stride
-        return GraphDef("decoder", "decoder", [_spec("f_hat", (self.batch, cv, p, p), "float32")],
-                        [_spec("image", (self.batch, 3, p * stride, p * stride), "float32")])
+        return GraphDef(gn.DECODER_GRAPH, "decoder", [spec(gn.F_HAT, (self.batch, cv, p, p), "float32")],
+                        [spec(gn.IMAGE, (self.batch, 3, p * stride, p * stride), "float32")])
 
     def module(self) -> nn.Module:
         return DecodeModule(self.tok)

@@ -7,7 +7,9 @@ every backend reads them from there.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+
+from fastvar.plan import PrunePlan, StepPlan  # noqa: F401 (the plan types, re-exported where plans are made)
 
 # Upstream's 13-step (h, w) ladders per h/w ratio (infinity/utils/dynamic_resolution.py); the inverse
 # ratios are the same ladders transposed, keyed by int(1/r*1000)/1000 as upstream keys them.
@@ -149,53 +151,6 @@ def scale_schedule(res: str | int = 1024, aspect: str | float = "1:1") -> ScaleS
 FASTVAR_LADDER_FRACTIONS: dict[int, float] = {9: 0.4, 10: 0.5, 11: 1.0, 12: 1.0, 13: 0.75}
 
 
-@dataclass(frozen=True)
-class StepPlan:
-    index: int
-    h: int
-    w: int
-    tokens: int
-    pruned_fraction: float
-    kept: int
-    skipped: bool
-
-    @property
-    def pruned(self) -> bool:
-        return not self.skipped and self.kept < self.tokens
-
-
-@dataclass(frozen=True)
-class PrunePlan:
-    """A resolved FastVAR plan: per-step kept counts, the cache step and the pruned block range."""
-
-    spec: str
-    steps: tuple[StepPlan, ...]
-    cache_scale: int | None
-    block_range: tuple[int, int]
-    first_step_kv: int | None = None  # KV entries step 0 writes when not its token count (HART: the text)
-
-    @property
-    def executed(self) -> tuple[StepPlan, ...]:
-        return tuple(s for s in self.steps if not s.skipped)
-
-    @property
-    def cache_hw(self) -> tuple[int, int] | None:
-        if self.cache_scale is None:
-            return None
-        s = self.steps[self.cache_scale]
-        return s.h, s.w
-
-    def block_pruned(self, block: int) -> bool:
-        return self.block_range[0] <= block < self.block_range[1]
-
-    def to_dict(self) -> dict:
-        return {
-            "spec": self.spec,
-            "cache_scale": self.cache_scale,
-            "block_range": list(self.block_range),
-            "first_step_kv": self.first_step_kv,
-            "steps": [asdict(s) for s in self.steps],
-        }
 
 
 def kept_count(tokens: int, fraction: float) -> int:

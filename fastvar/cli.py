@@ -6,15 +6,12 @@ import sys
 
 import click
 
-from fastvar.export.models.hart_config import ALIASES as HART_ALIASES
-from fastvar.export.models.hart_config import PRESETS as HART_PRESETS
-from fastvar.export.models.infinity_config import ALIASES, PRESETS
+from fastvar.family import family, for_model, names
 
-MODEL_NAMES = sorted([*PRESETS, *ALIASES, *HART_PRESETS, *HART_ALIASES])
-# Upstream's Infinity-2B inference defaults (scripts/infer.sh): cfg 4, tau 0.5; HART's sample.py: cfg 4.5.
-DEFAULT_CFG = 4.0
-HART_DEFAULT_CFG = 4.5
-DEFAULT_TAU = 0.5
+MODEL_NAMES = sorted(n for f in names() for n in family(f).model_names())
+# each family's sampling defaults (upstream's): Infinity cfg 4, tau 0.5; HART cfg 4.5, no tau
+INFINITY, HART = family("infinity").sampling, family("hart").sampling
+DEFAULT_CFG, HART_DEFAULT_CFG, DEFAULT_TAU = INFINITY.cfg, HART.cfg, INFINITY.tau
 SEED = click.IntRange(0, 2**63 - 1)
 
 
@@ -75,7 +72,8 @@ def model_options(default_model: str):
               "Without it a fixed seeded embedding stands in.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the sampling noise.")
 @click.option("--cfg", type=float, default=None, help=f"Classifier-free guidance scale [default: {DEFAULT_CFG:g}, "
-              f"HART {HART_DEFAULT_CFG:g}; 1 (HART: 0) for an artifact exported without guidance].")
+              f"HART {HART_DEFAULT_CFG:g}; {INFINITY.unguided_cfg:g} (HART: {HART.unguided_cfg:g}) for an artifact "
+              "exported without guidance].")
 @click.option("--more-smooth/--no-more-smooth", default=True, show_default=True, help="HART: feed back the "
               "Gumbel-soft codebook mixture (upstream's default) or the sampled codebook rows.")
 @click.option("--tau", type=float, default=DEFAULT_TAU, show_default=True, help="Sampling temperature.")
@@ -122,7 +120,7 @@ def run_cmd(ctx, artifact, backend, device, model_name, ckpt, vae_path, random_i
         _fail("--backend needs an ARTIFACT directory (fastvar-export writes one); without it fastvar-run runs the "
               "PyTorch reference")
     if cfg is None:
-        cfg = HART_DEFAULT_CFG if model_name.startswith("hart") else DEFAULT_CFG
+        cfg = for_model(model_name).sampling.cfg
     if batch < 1:
         _fail(f"--batch must be >= 1, got {batch}")
     opts = RunOptions(model=model_name, ckpt=ckpt, vae=vae_path, random_init=random_init, depth=depth,

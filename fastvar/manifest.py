@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastvar.export.schedules import PrunePlan, StepPlan
+from fastvar.plan import PrunePlan
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -81,10 +81,7 @@ class Artifact:
 
     # ---- typed views ---------------------------------------------------------------------------
     def plan(self) -> PrunePlan:
-        s = self.data["schedule"]
-        steps = tuple(StepPlan(**st) for st in s["steps"])
-        return PrunePlan(spec=s["spec"], steps=steps, cache_scale=s["cache_scale"],
-                         block_range=tuple(s["block_range"]), first_step_kv=s.get("first_step_kv"))
+        return PrunePlan.from_dict(self.data["schedule"])
 
     @property
     def has_plugin_nodes(self) -> bool:

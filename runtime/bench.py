@@ -32,11 +32,7 @@ import torch
 
 from fastvar.atomic import atomic_write_bytes, atomic_write_json
 from fastvar.export.artifact import ExportOptions, export
-from fastvar.export.models.factory import is_hart
-from fastvar.export.models.hart_config import HARTConfig
-from fastvar.export.models.hart_config import preset as hart_preset
-from fastvar.export.models.infinity_config import InfinityConfig, VAEConfig
-from fastvar.export.schedules import hart_schedule
+from fastvar.family import for_artifact, for_model
 from fastvar.manifest import Artifact
 from fastvar.runtime.chain import generate
 from fastvar.runtime.flops import step_macs
@@ -44,7 +40,6 @@ from fastvar.runtime.generate import (
     artifact_geometry,
     artifact_schedule,
     default_cfg,
-    is_hart_artifact,
     open_backend,
     text_channels,
 )
@@ -52,7 +47,6 @@ from fastvar.runtime.io import load_text_embeddings
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 DEFAULT_BACKENDS = ("onnxruntime", "torch")
-INFINITY_TEXT_LEN = 64  # the text bucket Infinity's artifacts are exported with unless --text-len says otherwise
 TAU = 0.5  # Infinity's sampling temperature (upstream's default); HART has none
 
 
@@ -206,29 +200,13 @@ class Family:
 
 def _family(opts: BenchOptions) -> Family:
     """The family of ``opts.model``, its options checked before anything is measured or exported."""
-    if not is_hart(opts.model):
-        return Family(INFINITY_TEXT_LEN if opts.text_len is None else opts.text_len, ("condition", "step"))
-    cfg = hart_preset(opts.model)
-    if opts.text_len not in (None, cfg.context_tokens):
-        raise ValueError(f"{opts.model} takes exactly {cfg.context_tokens} text tokens (its padded context); "
-                         f"--text-len {opts.text_len} does not apply to HART (leave it out)")
-    for res in opts.resolutions:
-        hart_schedule(cfg.patch_nums, res, opts.aspect)  # refuses other resolutions and aspects, naming HART's
-    # the diffusion head and next_input are graphs of HART's loop (the tokenizer step is host code in Infinity's)
-    return Family(cfg.context_tokens, ("condition", "step", "diffusion", "next_input"))
+    fam = for_model(opts.model)
+    return Family(fam.check_bench(opts.model, opts.text_len, opts.resolutions, opts.aspect), fam.loop_graph_kinds)
 
 
-def model_config(art: Artifact) -> InfinityConfig | HARTConfig:
+def model_config(art: Artifact):
     """The model config an artifact was exported with (its manifest's ``model.config``)."""
-    c = dict(art.data["model"]["config"])
-    if is_hart_artifact(art):
-        return HARTConfig.from_dict(c)
-    vae = c.pop("vae")
-    for k in ("head_dim", "bits", "vocab"):
-        c.pop(k, None)
-    vae_cfg = VAEConfig(**{**vae, "level_channels": tuple(vae["level_channels"]),
-                           "upsample_levels": tuple(vae["upsample_levels"])})
-    return InfinityConfig(**c, vae=vae_cfg)
+    return for_artifact(art).config_from_dict(art.data["model"]["config"])
 
 
 def _artifact(opts: BenchOptions, res: str, spec: str, log: Callable[[str], None],

@@ -1,8 +1,8 @@
 """The generation loop, one for every backend and model family: noise, steps, sampling, feedback, decode.
 
-A backend runs the graphs; a family object (``families``) says what a token is, how it is drawn and
-what it feeds back; this loop owns the order, teacher forcing, what is kept and the timings, so neither
-backends nor families can drift apart in them.
+A backend runs the graphs; a loop object (``runtime.loop``, from the model family) says what a token is,
+how it is drawn and what it feeds back; this loop owns the order, teacher forcing, what is kept and the
+timings, so neither backends nor families can drift apart in them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 from fastvar.export.models.bsq_vae import to_uint8_image
 from fastvar.export.schedules import PrunePlan, ScaleSchedule
-from fastvar.runtime.families import Geometry, HARTGeometry
+from fastvar.runtime.loop import Geometry, HARTGeometry
 
 __all__ = ["Geometry", "HARTGeometry", "GenerationResult", "generate", "scale_key"]
 
@@ -38,37 +38,37 @@ def generate(backend, sched: ScaleSchedule, plan: PrunePlan, geom: Geometry | HA
              lengths: torch.Tensor, seed: int, cfg: float, tau: float,
              force_tokens: dict[str, np.ndarray] | None = None, keep_logits: bool = False) -> GenerationResult:
     """Generate a batch of images; text (B, Lt, D) padded, lengths (B,)."""
-    family = geom.family(sched, tau)
+    loop = geom.loop(sched, tau)
     if not math.isfinite(cfg):
         raise ValueError(f"cfg must be a finite number, got {cfg}")
     batch = text.shape[0]
-    noise = family.draw(seed, batch)  # an input fixed by the seed: drawn before the timed loop
+    noise = loop.draw(seed, batch)  # an input fixed by the seed: drawn before the timed loop
     t_start = time.perf_counter()
-    backend.start(text, lengths, cfg_active=family.guided(cfg))
+    backend.start(text, lengths, cfg_active=loop.guided(cfg))
     last_exec = plan.executed[-1].index
     steps_t = []
     tokens: dict[str, torch.Tensor] = {}
     logits_kept: dict[str, torch.Tensor] = {}
     for st in plan.executed:
         t0 = time.perf_counter()
-        logits, sampled = family.step(backend, st, noise, cfg, write_kv=st.index != last_exec)
+        logits, sampled = loop.step(backend, st, noise, cfg, write_kv=st.index != last_exec)
         key = scale_key(st.index)
-        drawn = family.sample(logits, sampled, st, noise)
+        drawn = loop.sample(logits, sampled, st, noise)
         if force_tokens is not None and key in force_tokens:
-            drawn = family.forced(np.asarray(force_tokens[key]), key, st, batch).to(logits.device)
+            drawn = loop.forced(np.asarray(force_tokens[key]), key, st, batch).to(logits.device)
         tokens[key] = drawn  # stays on the device: no host sync between steps
         if keep_logits:
             logits_kept[key] = logits.float().clone()
-        family.advance(backend, st, drawn, noise, cfg)
+        loop.advance(backend, st, drawn, noise, cfg)
         steps_t.append({"index": st.index, "seconds": time.perf_counter() - t0})
-    state = family.state
+    state = loop.state
     if state.device.type == "cuda":
         torch.cuda.synchronize(state.device)  # steps only queue work on a GPU: loop_s is the time they took
     t_dec = time.perf_counter()
     del noise, logits, sampled, drawn
-    family.end_loop()
+    loop.end_loop()
     backend.end_loop()  # the decoder needs none of the loop's state: its peak is not added to theirs
-    image = family.decode(backend)
+    image = loop.decode(backend)
     result = GenerationResult(images=to_uint8_image(image))
     result.tokens = {k: t.cpu().numpy() for k, t in tokens.items()}
     result.logits = {k: t.cpu().numpy() for k, t in logits_kept.items()}

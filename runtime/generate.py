@@ -8,9 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from fastvar.export.models.factory import ModelOptions, build_pair, is_hart
-from fastvar.export.schedules import hart_prune_plan, hart_schedule, prune_plan, scale_schedule
-from fastvar.runtime.backends.torch_ref import TorchBackend
+from fastvar.export.models.factory import ModelOptions, build_pair
+from fastvar.family import for_artifact, for_model
 from fastvar.runtime.chain import Geometry, HARTGeometry, generate
 from fastvar.runtime.io import load_text_embeddings, read_npz, write_images, write_json, write_npz
 
@@ -49,80 +48,39 @@ def _write_outputs(res, out: str, save_tokens: str | None, save_logits: str | No
 def run_reference(opts: RunOptions, out: str, save_tokens: str | None = None, save_logits: str | None = None,
                   force_tokens: str | None = None, timings: str | None = None,
                   log: Callable[[str], None] = print) -> dict:
+    """Generate with the PyTorch reference built from a preset or checkpoint (``fastvar-run --model``)."""
     t0 = time.perf_counter()
-    if is_hart(opts.model):
-        return _run_hart_reference(opts, out, save_tokens, save_logits, force_tokens, timings, log, t0)
-    sched = scale_schedule(opts.res, opts.aspect)
-    model, vae = build_pair(opts.model, opts.ckpt, opts.vae, opts.random_init, opts.depth, opts.weights_seed,
-                            opts.precision)
+    fam = for_model(opts.model)
+    fam.check_resolution(opts.res, opts.aspect)
+    model, decoder = build_pair(opts.model, opts.ckpt, opts.vae, opts.random_init, opts.depth, opts.weights_seed,
+                                opts.precision)
     cfg = model.cfg
-    plan = prune_plan(sched, opts.schedule, cfg.depth)
-    text, lengths = load_text_embeddings(opts.text_embeddings, opts.batch, cfg.text_channels)
+    sched = fam.schedule(cfg.to_dict(), opts.res, opts.aspect)
+    plan = fam.prune_plan(cfg, sched, opts.schedule)
+    text, lengths = load_text_embeddings(opts.text_embeddings, opts.batch, fam.text_width(cfg.to_dict()))
     forced = read_npz(force_tokens) if force_tokens else None
     load_s = time.perf_counter() - t0
-    h_px, w_px = sched.pixels
-    log(f"{cfg.name}: depth {cfg.depth}, width {cfg.width}, {cfg.heads} heads, {cfg.bits} bits; "
-        f"{h_px}x{w_px} (template h/w {sched.template:g}, tier {sched.tier}), {len(sched.scales)} scales; "
-        f"schedule {plan.spec}: {len(plan.executed)} steps run"
-        + (f", cache at step {plan.cache_scale}, blocks {plan.block_range[0]}..{plan.block_range[1] - 1} pruned"
-           if plan.cache_scale is not None else ""))
-    backend = TorchBackend(model, vae, sched, plan)
-    geom = Geometry(bits=cfg.bits, codebook_dim=cfg.vae.codebook_dim, patchify=cfg.spatial_patchify)
-    res = generate(backend, sched, plan, geom, text, lengths, opts.seed, opts.cfg, opts.tau,
-                   force_tokens=forced, keep_logits=save_logits is not None)
+    log(fam.describe(cfg, sched, plan))
+    backend = fam.reference_backend(model, decoder, sched, plan)
+    res = generate(backend, sched, plan, fam.geometry(cfg.to_dict(), opts.more_smooth), text, lengths, opts.seed,
+                   opts.cfg, opts.tau, force_tokens=forced, keep_logits=save_logits is not None)
     return _finish(res, out, save_tokens, save_logits, timings, load_s, log)
-
-
-def _run_hart_reference(opts: RunOptions, out: str, save_tokens: str | None, save_logits: str | None,
-                        force_tokens: str | None, timings: str | None, log: Callable[[str], None], t0: float) -> dict:
-    from fastvar.runtime.backends.hart_torch import HARTTorchBackend
-
-    model, tok = build_pair(opts.model, opts.ckpt, opts.vae, opts.random_init, opts.depth, opts.weights_seed,
-                            opts.precision)
-    cfg = model.cfg
-    sched = hart_schedule(cfg.patch_nums, opts.res, opts.aspect)
-    plan = hart_prune_plan(sched, opts.schedule, cfg.depth, cfg.context_tokens)
-    text, lengths = load_text_embeddings(opts.text_embeddings, opts.batch, cfg.context_dim)
-    forced = read_npz(force_tokens) if force_tokens else None
-    load_s = time.perf_counter() - t0
-    pruned = [f"{st.h}x{st.w} keeps {st.kept}" for st in plan.executed if st.pruned]
-    log(f"{cfg.name}: depth {cfg.depth}, width {cfg.width}, {cfg.heads} heads, codebook {cfg.vocab}x{cfg.cvae}; "
-        f"{sched.pixels[0]}x{sched.pixels[1]}, {len(sched.scales)} scales; schedule {plan.spec}: "
-        f"{len(plan.executed)} steps run" + (f" ({', '.join(pruned)}; cache at step {plan.cache_scale})"
-                                             if pruned else ""))
-    geom = hart_geometry(cfg.to_dict(), opts.more_smooth)
-    res = generate(HARTTorchBackend(model, tok, plan), sched, plan, geom, text, lengths, opts.seed, opts.cfg,
-                   opts.tau, force_tokens=forced, keep_logits=save_logits is not None)
-    return _finish(res, out, save_tokens, save_logits, timings, load_s, log)
-
-
-def hart_geometry(cfg: dict, more_smooth: bool = True) -> HARTGeometry:
-    return HARTGeometry(patch_nums=tuple(cfg["patch_nums"]), vocab=cfg["vocab"], cvae=cfg["cvae"],
-                        diff_steps=cfg["diff_steps"], more_smooth=more_smooth)
-
-
-def is_hart_artifact(art) -> bool:
-    return art.data["model"].get("family") == "hart"
 
 
 def artifact_schedule(art):
     """The scale schedule an artifact was exported for."""
     d = art.data
-    if is_hart_artifact(art):
-        return hart_schedule(tuple(d["model"]["config"]["patch_nums"]), d["resolution"], d["aspect"])
-    return scale_schedule(d["resolution"], d["aspect"])
+    return for_artifact(art).schedule(d["model"]["config"], d["resolution"], d["aspect"])
 
 
 def text_channels(art) -> int:
-    cfg = art.data["model"]["config"]
-    return cfg["context_dim"] if is_hart_artifact(art) else cfg["text_channels"]
+    return for_artifact(art).text_width(art.data["model"]["config"])
 
 
 def default_cfg(art) -> float:
     """Upstream's inference default for the family (HART 4.5, Infinity 4), or the unguided value."""
-    if is_hart_artifact(art):
-        return 4.5 if art.data["guidance"] else 0.0
-    return 4.0 if art.data["guidance"] else 1.0
+    s = for_artifact(art).sampling
+    return s.cfg if art.data["guidance"] else s.unguided_cfg
 
 
 BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch")
@@ -155,35 +113,25 @@ def open_backend(art, backend: str = "auto", device: str = "cpu"):
     return reference_backend(art)
 
 
-def reference_backend(art) -> TorchBackend:
+def reference_backend(art):
     """The PyTorch reference for an artifact: same source, precision, schedule and shapes."""
     from fastvar.manifest import ArtifactError
 
     d = art.data
     src = d["model"]["source"]
+    parts = {k: v for k, v in src.items() if k != "kind"}
     if src["kind"] == "checkpoint":
-        from fastvar.export.artifact import _file_identity
+        from fastvar.export.artifact import file_identity
 
-        for part in ("ckpt", "vae") if "vae" in src else ("ckpt",):
-            now = _file_identity(src[part]["path"])
-            if now != src[part]:
-                raise ArtifactError(f"{src[part]['path']} changed since the export (size or modification time); "
+        for rec in parts.values():
+            if file_identity(rec["path"]) != rec:
+                raise ArtifactError(f"{rec['path']} changed since the export (size or modification time); "
                                     "the torch backend would compare different weights. Re-run fastvar-export")
-    if is_hart_artifact(art):
-        from fastvar.runtime.backends.hart_torch import HARTTorchBackend
-
-        if src["kind"] == "random-init":
-            model, tok = build_pair(src["preset"], None, None, True, src["depth"], src["seed"])
-        else:
-            model, tok = build_pair(d["model"]["name"], src["ckpt"]["path"])
-        return HARTTorchBackend(model, tok, art.plan())
-    if src["kind"] == "random-init":
-        model, vae = build_pair(src["preset"], None, None, True, src["depth"], src["seed"], d["precision"])
+        model, decoder = build_pair(d["model"]["name"], src["ckpt"]["path"], parts.get("vae", {}).get("path"), False,
+                                    None, 0, d["precision"])
     else:
-        model, vae = build_pair(d["model"]["name"], src["ckpt"]["path"], src["vae"]["path"], False, None, 0,
-                                d["precision"])
-    sched = scale_schedule(d["resolution"], d["aspect"])
-    return TorchBackend(model, vae, sched, art.plan())
+        model, decoder = build_pair(src["preset"], None, None, True, src["depth"], src["seed"], d["precision"])
+    return for_artifact(art).reference_backend(model, decoder, artifact_schedule(art), art.plan())
 
 
 def memory_report(backend, manifest: dict) -> dict:
@@ -208,10 +156,7 @@ def _importable(name: str) -> bool:
 
 
 def artifact_geometry(art, more_smooth: bool = True) -> Geometry | HARTGeometry:
-    cfg = art.data["model"]["config"]
-    if is_hart_artifact(art):
-        return hart_geometry(cfg, more_smooth)
-    return Geometry(bits=cfg["bits"], codebook_dim=cfg["vae"]["codebook_dim"], patchify=cfg["spatial_patchify"])
+    return for_artifact(art).geometry(art.data["model"]["config"], more_smooth)
 
 
 def run_artifact(root: str, out: str, backend: str = "auto", text_embeddings: str | None = None, seed: int = 0,
@@ -228,8 +173,8 @@ def run_artifact(root: str, out: str, backend: str = "auto", text_embeddings: st
     if cfg is None:
         cfg = default_cfg(art)
     geom = artifact_geometry(art, more_smooth)
-    unguided = 0 if is_hart_artifact(art) else 1
-    if geom.family(artifact_schedule(art), tau).guided(cfg) != d["guidance"]:
+    unguided = f"{for_artifact(art).sampling.unguided_cfg:g}"
+    if geom.loop(artifact_schedule(art), tau).guided(cfg) != d["guidance"]:
         from fastvar.manifest import ArtifactError
 
         raise ArtifactError(f"{root} was exported " + (f"with classifier-free guidance: give a --cfg other than "

@@ -1,8 +1,8 @@
 """What differs between model families inside the one generation loop (``chain.generate``).
 
-A family object says how a step is called, how its tokens are drawn from explicit noise, what state is
-fed back to the next step, and how the final state is decoded. The loop owns the rest (order, timing,
-teacher forcing, what is kept), so backends and families cannot drift apart in it.
+A loop object (one per model family) says how a step is called, how its tokens are drawn from explicit
+noise, what state is fed back to the next step, and how the final state is decoded. The loop owns the rest
+(order, timing, teacher forcing, what is kept), so backends and families cannot drift apart in it.
 
 * Infinity: bits per token; the summed (upsampled) codes are the state; one guidance scale and a τ.
 * HART: codebook indices; the state is ``f_hat`` (Φ-corrected residual sum) and the next scale's
@@ -45,8 +45,8 @@ class Geometry:
     def vae_hw(self, h: int, w: int) -> tuple[int, int]:
         return (2 * h, 2 * w) if self.patchify else (h, w)
 
-    def family(self, sched: ScaleSchedule, tau: float) -> InfinityFamily:
-        return InfinityFamily(self, sched, tau)
+    def loop(self, sched: ScaleSchedule, tau: float) -> InfinityLoop:
+        return InfinityLoop(self, sched, tau)
 
 
 @dataclass
@@ -64,11 +64,11 @@ class HARTGeometry:
     def final_side(self) -> int:
         return self.patch_nums[-1]
 
-    def family(self, sched: ScaleSchedule, tau: float) -> HARTFamily:
-        return HARTFamily(self)
+    def loop(self, sched: ScaleSchedule, tau: float) -> HARTLoop:
+        return HARTLoop(self)
 
 
-class InfinityFamily:
+class InfinityLoop:
     token_name = "bits"
 
     def __init__(self, geom: Geometry, sched: ScaleSchedule, tau: float) -> None:
@@ -121,7 +121,7 @@ class InfinityFamily:
         return backend.decode(self.summed.squeeze(-3))
 
 
-class HARTFamily:
+class HARTLoop:
     token_name = "codebook indices"
 
     def __init__(self, geom: HARTGeometry) -> None:

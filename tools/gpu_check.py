@@ -822,10 +822,10 @@ def section_hart(ctx: Context) -> dict:
     from fastvar.export.models.hart_config import preset
     from fastvar.export.models.hart_fastvar import HARTPruneStep
     from fastvar.export.schedules import hart_prune_plan, hart_schedule
+    from fastvar.family import family
     from fastvar.runtime.backends import hart_torch
     from fastvar.runtime.chain import generate
     from fastvar.runtime.flops import step_macs
-    from fastvar.runtime.generate import hart_geometry
     from fastvar.runtime.io import load_text_embeddings
 
     a, device = ctx.args, ctx.device
@@ -844,7 +844,7 @@ def section_hart(ctx: Context) -> dict:
     ctx.log(f"built {cfg.name} depth {cfg.depth}/{base.depth} ({res['parameters'] / 1e6:.1f}M parameters) on "
             f"{device} in {res['build_s']:.1f}s")
     sched = hart_schedule(cfg.patch_nums)
-    geom = hart_geometry(cfg.to_dict())
+    geom = family("hart").geometry(cfg.to_dict())
     text, lengths = load_text_embeddings(None, 1, cfg.context_dim)
     gen_args = {"seed": 0, "cfg": 4.5, "tau": 1.0}
     res.update(text_len=int(text.shape[1]), **gen_args)

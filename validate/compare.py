@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fastvar import graph_names as gn
+
 # prefix -> relative tolerance, per precision; the longest matching prefix wins
 # HART's diffusion residual: the iDDPM loop divides by sqrt(alpha_bar) ~ 0 near t = 999 before clamping x0,
 # so the fp32 reference itself moves by ~1e-2 of its scale at a few elements when its inputs move by 1e-6
 # relative (docs/design/hart.md); its max error is judged at that conditioning, not at 1e-4.
 DEFAULT_TOLERANCES = {
-    "fp32": {"": 1e-4, "logits": 1e-4, "image": 1e-3, "bits": 1e-3, "text_mask": 0.0, "residual": 5e-2},
-    "bf16": {"": 3e-2, "logits": 3e-2, "image": 1e-2, "bits": 2e-2, "text_mask": 0.0, "residual": 1e-1},
+    "fp32": {"": 1e-4, gn.LOGITS: 1e-4, gn.IMAGE: 1e-3, gn.BITS: 1e-3, gn.TEXT_MASK: 0.0, gn.RESIDUAL: 5e-2},
+    "bf16": {"": 3e-2, gn.LOGITS: 3e-2, gn.IMAGE: 1e-2, gn.BITS: 2e-2, gn.TEXT_MASK: 0.0, gn.RESIDUAL: 1e-1},
 }
 KEPT_OVERLAP_MIN = 0.99
 
@@ -97,7 +99,7 @@ def compare_graph(name: str, step: int | None, runner, feeds: dict[str, np.ndarr
         result.error = f"does not run on its golden inputs ({type(err).__name__}: {str(err).splitlines()[0][:300]})"
         return result
     got = dict(run[0][1][0].items())
-    plain = [n for n in golden if not n.startswith(("kept_", "bits"))]
+    plain = [n for n in golden if not (gn.is_kept(n) or n == gn.BITS)]
     scales = {n: max(float(np.abs(golden[n].astype(np.float64)).max(initial=0.0)), 1e-30) for n in plain}
     tol = {n: tolerance_for(n, tolerances) for n in golden}
     ref = RunResults()
@@ -118,12 +120,12 @@ def compare_graph(name: str, step: int | None, runner, feeds: dict[str, np.ndarr
             result.outputs.append(OutputResult(n, math.inf, math.inf, math.inf, 0.0, tol[n], False,
                                                f"shape {got[n].shape} vs reference {want.shape}"))
             continue
-        if n.startswith("kept_"):
+        if gn.is_kept(n):
             overlap = float(np.mean([len(np.intersect1d(a, b)) / len(b) for a, b in zip(got[n], want, strict=True)]))
             result.kept_overlap = overlap if result.kept_overlap is None else min(result.kept_overlap, overlap)
             continue
         max_abs, mean_abs, max_rel, cos = metrics(got[n], want)
-        if n.startswith("bits"):
+        if n == gn.BITS:
             flipped = float(np.mean(got[n] != want))
             result.outputs.append(OutputResult(n, max_abs, mean_abs, flipped, cos, tol[n], flipped <= tol[n],
                                                f"{flipped:.2%} of bits flipped"))

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastvar import graph_names as gn
 from fastvar.atomic import atomic_write_bytes, atomic_write_json
-from fastvar.export.graphs import SUBLAYERS
 from fastvar.export.schedules import StepPlan
+from fastvar.family import for_artifact
 from fastvar.manifest import Artifact, ArtifactError, sha256_file
 from fastvar.runtime.backends.torch_ref import TorchBackend
 from fastvar.runtime.chain import generate
@@ -28,7 +29,6 @@ from fastvar.runtime.generate import (
     artifact_geometry,
     artifact_schedule,
     default_cfg,
-    is_hart_artifact,
     reference_backend,
     text_channels,
 )
@@ -62,47 +62,47 @@ class GoldenRecorder(TorchBackend):
         padded[:, :lt] = text
         super().start(padded, lengths, cfg_active)
         c = self.cond
-        outs = {"sos": c.sos, "gss": c.gss, "head_scale": c.head_scale, "head_shift": c.head_shift,
-                "text_mask": c.text_mask}
+        outs = {gn.SOS: c.sos, gn.GSS: c.gss, gn.HEAD_SCALE: c.head_scale, gn.HEAD_SHIFT: c.head_shift,
+                gn.TEXT_MASK: c.text_mask}
         for i, (k, v) in enumerate(zip(c.ca_k, c.ca_v, strict=True)):
-            outs[f"ca_k_{i}"], outs[f"ca_v_{i}"] = k, v
-        self.sink("condition", {"text": padded, "text_lengths": lengths.to(torch.int64)}, outs)
+            outs[gn.ca_k(i)], outs[gn.ca_v(i)] = k, v
+        self.sink(gn.CONDITION_GRAPH, {gn.TEXT: padded, gn.TEXT_LENGTHS: lengths.to(torch.int64)}, outs)
 
     def step(self, st: StepPlan, codes_in: torch.Tensor | None, cfg: float, inv_tau: float, write_kv: bool,
              noise: torch.Tensor | None = None):
         depth, c = self.model.cfg.depth, self.cond
-        feeds = {"gss": c.gss, "head_scale": c.head_scale, "head_shift": c.head_shift, "text_mask": c.text_mask,
-                 "inv_tau": torch.tensor(inv_tau), "cfg_scale": torch.tensor(cfg), "noise": noise}
-        feeds.update({"sos": c.sos} if st.index == 0 else {"codes": codes_in.float()})
+        feeds = {gn.GSS: c.gss, gn.HEAD_SCALE: c.head_scale, gn.HEAD_SHIFT: c.head_shift, gn.TEXT_MASK: c.text_mask,
+                 gn.INV_TAU: torch.tensor(inv_tau), gn.CFG_SCALE: torch.tensor(cfg), gn.NOISE: noise}
+        feeds.update({gn.SOS: c.sos} if st.index == 0 else {gn.CODES: codes_in.float()})
         for i in range(depth):
-            feeds[f"ca_k_{i}"], feeds[f"ca_v_{i}"] = c.ca_k[i], c.ca_v[i]
+            feeds[gn.ca_k(i)], feeds[gn.ca_v(i)] = c.ca_k[i], c.ca_v[i]
             past_k, past_v = self.kv.past(i)
             if past_k.shape[0]:
-                feeds[f"past_k_{i}"], feeds[f"past_v_{i}"] = past_k.clone(), past_v.clone()
+                feeds[gn.past_k(i)], feeds[gn.past_v(i)] = past_k.clone(), past_v.clone()
             if st.pruned and self.plan.block_pruned(i):
-                for sub, t in zip(SUBLAYERS, self.restore_caches[i], strict=True):
-                    feeds[f"cache_{sub}_{i}"] = t
+                for sub, t in zip(gn.INFINITY_SUBLAYERS, self.restore_caches[i], strict=True):
+                    feeds[gn.cache(sub, i)] = t
         logits, _ = super().step(st, codes_in, cfg, inv_tau, write_kv, noise)
         out = self.last_output
-        outs = {"logits": logits, "bits": sample_bits(logits, noise)}
+        outs = {gn.LOGITS: logits, gn.BITS: sample_bits(logits, noise)}
         if st.index != self.last_exec:
             for i in range(depth):
-                outs[f"new_k_{i}"], outs[f"new_v_{i}"] = out.new_k[i], out.new_v[i]
+                outs[gn.new_k(i)], outs[gn.new_v(i)] = out.new_k[i], out.new_v[i]
         if out.caches is not None:
             for i in range(depth):
                 if self.plan.block_pruned(i):
-                    for sub, t in zip(SUBLAYERS, out.caches[i], strict=True):
-                        outs[f"cache_{sub}_{i}"] = t
+                    for sub, t in zip(gn.INFINITY_SUBLAYERS, out.caches[i], strict=True):
+                        outs[gn.cache(sub, i)] = t
         kept = {k: torch.from_numpy(v) for k, v in self.kept_sets.get(st.index, {}).items()}
-        name = f"step_{st.index:02d}"
+        name = gn.step_graph(st.index)
         self.sink(name, feeds, {**outs, **kept})
         if kept:
-            self.sink(f"{name}_validate", {**feeds, **kept}, outs)
+            self.sink(gn.validate_graph(st.index), {**feeds, **kept}, outs)
         return logits, None
 
     def decode(self, summed: torch.Tensor) -> torch.Tensor:
         image = super().decode(summed)
-        self.sink("decoder", {"codes": summed.float()}, {"image": image})
+        self.sink(gn.DECODER_GRAPH, {gn.CODES: summed.float()}, {gn.IMAGE: image})
         return image
 
 
@@ -130,12 +130,7 @@ def write_goldens(art: Artifact, seed: int = 0, text_embeddings: str | None = No
                                           default_len=min(16, d["text_len"]))
     if text.shape[1] > d["text_len"]:
         raise ArtifactError(f"the text has {text.shape[1]} tokens; the artifact's bucket holds {d['text_len']}")
-    if is_hart_artifact(art):
-        from fastvar.validate.hart_goldens import HARTGoldenRecorder
-
-        rec = HARTGoldenRecorder(art, sink)
-    else:
-        rec = GoldenRecorder(art, sink)
+    rec = for_artifact(art).golden_recorder(art, sink)
     generate(rec, artifact_schedule(art), art.plan(), artifact_geometry(art), text, lengths, seed, default_cfg(art),
              0.5)
     missing = sorted(set(graphs) - set(index["graphs"]))

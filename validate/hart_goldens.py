@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from fastvar.export.hart_graphs import HART_SUBLAYERS
+from fastvar import graph_names as gn
 from fastvar.export.schedules import StepPlan
 from fastvar.manifest import Artifact
 from fastvar.runtime.backends.hart_torch import HARTTorchBackend, pad_text
@@ -30,54 +30,55 @@ class HARTGoldenRecorder(HARTTorchBackend):
         padded, lengths = pad_text(text, lengths, self.model.cfg.context_tokens)
         super().start(padded, lengths, cfg_active)
         c = self.cond
-        self.sink("condition", {"text": padded, "text_lengths": lengths},
-                  {"sos": c.sos, "head_scale": c.head_scale, "head_shift": c.head_shift, "context_pos": c.context_pos})
+        self.sink(gn.CONDITION_GRAPH, {gn.TEXT: padded, gn.TEXT_LENGTHS: lengths},
+                  {gn.SOS: c.sos, gn.HEAD_SCALE: c.head_scale, gn.HEAD_SHIFT: c.head_shift,
+                   gn.CONTEXT_POS: c.context_pos})
 
     def step(self, st: StepPlan, x_in: torch.Tensor | None, weight: float, inv_tau: float, write_kv: bool,
              noise: torch.Tensor | None = None):
         depth, c = self.model.cfg.depth, self.cond
-        feeds = {"head_scale": c.head_scale, "head_shift": c.head_shift, "context_pos": c.context_pos,
-                 "cfg_scale": torch.tensor(weight, dtype=torch.float32)}
-        feeds.update({"sos": c.sos} if st.index == 0 else {"x_in": x_in.float()})
+        feeds = {gn.HEAD_SCALE: c.head_scale, gn.HEAD_SHIFT: c.head_shift, gn.CONTEXT_POS: c.context_pos,
+                 gn.CFG_SCALE: torch.tensor(weight, dtype=torch.float32)}
+        feeds.update({gn.SOS: c.sos} if st.index == 0 else {gn.X_IN: x_in.float()})
         for i in range(depth):
             past_k, past_v = self.kv.past(i)
             if past_k.shape[0]:
-                feeds[f"past_k_{i}"], feeds[f"past_v_{i}"] = past_k.clone(), past_v.clone()
+                feeds[gn.past_k(i)], feeds[gn.past_v(i)] = past_k.clone(), past_v.clone()
             if st.pruned and self.plan.block_pruned(i):
-                for sub, t in zip(HART_SUBLAYERS, self.restore_caches[i], strict=True):
-                    feeds[f"cache_{sub}_{i}"] = t
+                for sub, t in zip(gn.HART_SUBLAYERS, self.restore_caches[i], strict=True):
+                    feeds[gn.cache(sub, i)] = t
         logits, _ = super().step(st, x_in, weight, inv_tau, write_kv, noise)
         out = self.last_output
-        outs = {"logits": logits}
+        outs = {gn.LOGITS: logits}
         if st.index == self.last_exec:
-            outs["hidden"] = out.hidden
+            outs[gn.HIDDEN] = out.hidden
         else:
             for i in range(depth):
-                outs[f"new_k_{i}"], outs[f"new_v_{i}"] = out.new_k[i], out.new_v[i]
+                outs[gn.new_k(i)], outs[gn.new_v(i)] = out.new_k[i], out.new_v[i]
         if out.caches is not None:
             for i in range(depth):
-                for sub, t in zip(HART_SUBLAYERS, out.caches[i], strict=True):
-                    outs[f"cache_{sub}_{i}"] = t
+                for sub, t in zip(gn.HART_SUBLAYERS, out.caches[i], strict=True):
+                    outs[gn.cache(sub, i)] = t
         kept = {k: torch.from_numpy(v) for k, v in self.kept_sets.get(st.index, {}).items()}
-        name = f"step_{st.index:02d}"
+        name = gn.step_graph(st.index)
         self.sink(name, feeds, {**outs, **kept})
         if kept:
-            self.sink(f"{name}_validate", {**feeds, **kept}, outs)
+            self.sink(gn.validate_graph(st.index), {**feeds, **kept}, outs)
         return logits, None
 
     def diffusion(self, discrete: torch.Tensor, noise: torch.Tensor, weight: float) -> torch.Tensor:
         res = super().diffusion(discrete, noise, weight)
-        self.sink("diffusion", {"hidden": self.hidden, "discrete": discrete.float(), "noise": noise.float(),
-                                "cfg_scale": torch.tensor(weight, dtype=torch.float32)}, {"residual": res})
+        self.sink(gn.DIFFUSION_GRAPH, {gn.HIDDEN: self.hidden, gn.DISCRETE: discrete.float(), gn.NOISE: noise.float(),
+                                       gn.CFG_SCALE: torch.tensor(weight, dtype=torch.float32)}, {gn.RESIDUAL: res})
         return res
 
     def next_input(self, si: int, f_hat: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f_next, x_next = super().next_input(si, f_hat, tokens)
-        self.sink(f"next_input_{si:02d}", {"f_hat": f_hat, "tokens": tokens.float()},
-                  {"f_hat_next": f_next, "x_next": x_next})
+        self.sink(gn.next_input_graph(si), {gn.F_HAT: f_hat, gn.TOKENS: tokens.float()},
+                  {gn.F_HAT_NEXT: f_next, gn.X_NEXT: x_next})
         return f_next, x_next
 
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
         image = super().decode(f_hat)
-        self.sink("decoder", {"f_hat": f_hat.float()}, {"image": image})
+        self.sink(gn.DECODER_GRAPH, {gn.F_HAT: f_hat.float()}, {gn.IMAGE: image})
         return image

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from fastvar import graph_names as gn
 from fastvar.atomic import atomic_write_json
 from fastvar.manifest import Artifact, ArtifactError, verify_file
 from fastvar.validate.compare import DEFAULT_TOLERANCES, GraphResult, compare_graph
@@ -90,7 +91,7 @@ def polygraphy_command(art: Artifact, name: str, tolerances: dict[str, float], e
     index = art.root / GOLDENS / f"{name}.outputs.json"
     if not index.is_file():
         return None
-    outs = [o["name"] for o in art.graph(name)["outputs"] if not o["name"].startswith(("kept_", "bits"))]
+    outs = [o["name"] for o in art.graph(name)["outputs"] if not (gn.is_kept(o["name"]) or o["name"] == gn.BITS)]
     golden = read_npz(art.root / GOLDENS / f"{name}.outputs.npz")
     atol = " ".join(f"{o}:{_tol(o, tolerances) * float(np.abs(golden[o]).max(initial=0)):.3g}" for o in outs)
     rtol = " ".join(f"{o}:{_tol(o, tolerances):.3g}" for o in outs)
@@ -104,7 +105,7 @@ def example_graphs(art: Artifact) -> list[str]:
     """The graphs whose `polygraphy run` line is printed: the first step, and the first pruned step's
     validation variant (or the last step)."""
     names = list(art.data["graphs"])
-    validate_graphs = [n for n in names if n.endswith("_validate")]
+    validate_graphs = [n for n in names if gn.is_validate_graph(n)]
     steps = [n for n in names if art.data["graphs"][n]["kind"] == "step"]
     return [steps[0], validate_graphs[0] if validate_graphs else steps[-1]]
 
@@ -168,7 +169,8 @@ def validate(root: str, report: str | None = None, tol: list[str] | None = None,
             # variant (identical selections); this graph is judged on its kept-set overlap
             for o in res.outputs:
                 if not o.passed and math.isfinite(o.max_rel):
-                    o.note = (o.note + "; " if o.note else "") + f"informational: judged on {name}_validate"
+                    judged = gn.validate_graph(g["step"])
+                    o.note = (o.note + "; " if o.note else "") + f"informational: judged on {judged}"
                     o.passed = True
         results.append(res)
     e2e_report = _end_to_end(art, log, engines) if e2e else None
@@ -223,7 +225,7 @@ def _end_to_end(art: Artifact, log: Callable[[str], None], engines=None) -> dict
     tokens = {s["index"]: s["tokens"] for s in d["scales"]}
     flipped, overlap = kept_flips(ref_be.kept_sets, ort_be.kept_sets, tokens)
     errors = logit_errors(ref.logits, forced.logits, flipped)
-    tol = DEFAULT_TOLERANCES[d["precision"]]["logits"]
+    tol = DEFAULT_TOLERANCES[d["precision"]][gn.LOGITS]
     failures = [f"end to end: teacher-forced logits of {k} differ by {e:.2e} of the logit scale > {tol:.0e}"
                 for k, e in errors.items() if e > tol]
     failures += [f"end to end: kept-set overlap at step {s} is {v:.4f} < 0.99" for s, v in overlap.items() if v < 0.99]
@@ -240,11 +242,11 @@ def _print_table(results: list[GraphResult], log: Callable[[str], None]) -> None
         if r.error:
             log(f"{r.name:<18} {'-':<14} {r.error}")
         for o in r.outputs:
-            if o.name.startswith(("new_", "ca_", "past_", "cache_")) and o.passed and not o.note:
+            if gn.is_block_state(o.name) and o.passed and not o.note:
                 continue  # one line per block would drown the table; the report has them all
             log(f"{r.name:<18} {o.name:<14} {o.max_abs:9.2e} {o.mean_abs:9.2e} {o.max_rel:9.2e} {o.cosine:9.6f} "
                 f"{o.tolerance:7.0e}  {'yes' if o.passed else 'NO'}" + (f"  {o.note}" if o.note else ""))
-        blocks = [o for o in r.outputs if o.name.startswith(("new_", "ca_", "cache_"))]
+        blocks = [o for o in r.outputs if gn.is_block_state(o.name)]
         if blocks:
             worst = max(blocks, key=lambda o: o.max_rel)
             log(f"{r.name:<18} {'per-block':<14} worst {worst.name} {worst.max_rel:.2e} of its scale, "

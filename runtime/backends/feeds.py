@@ -9,50 +9,48 @@ from __future__ import annotations
 
 import torch
 
+from fastvar import graph_names as gn
 from fastvar.export.graphs import TORCH_DTYPES
 from fastvar.manifest import Artifact, ArtifactError
 from fastvar.runtime.kv_cache import KVCache
 
-CONDITION_FEEDS = ("gss", "head_scale", "head_shift", "text_mask")
+CONDITION_FEEDS = (gn.GSS, gn.HEAD_SCALE, gn.HEAD_SHIFT, gn.TEXT_MASK)
 
 
-def step_feeds(graph: str, hart: bool, inputs: dict, cond: dict[str, torch.Tensor], kv: KVCache,
+def step_feeds(family, graph: str, inputs: dict, cond: dict[str, torch.Tensor], kv: KVCache,
                caches: dict[str, torch.Tensor], index: int, codes_in: torch.Tensor | None, cfg: float, inv_tau: float,
                noise: torch.Tensor | None, device: torch.device, host_values: bool = False) -> dict[str, torch.Tensor]:
-    """Every input of one step graph (``inputs``: its name -> spec table), weights excepted.
+    """Every input of one step graph (``inputs``: its name -> spec table), weights excepted, as the model
+    family feeds it (Infinity by role, ``role_feeds``; HART by name, ``named_feeds``).
 
-    Infinity's steps take the conditioning, ``sos`` or ``codes``, τ and the noise of their in-graph
-    sampling; HART's take ``x_in`` and the step's guidance weight, the rest found by name.
     ``host_values``: leave the scalars and the noise on the host (a backend that stages them into device
     buffers asynchronously; creating them on a GPU here would wait for the stream)."""
     values = torch.device("cpu") if host_values else device
-    if hart:
-        given = {"cfg_scale": torch.tensor(cfg, dtype=torch.float32, device=values)}
-        if codes_in is not None:
-            given["x_in"] = codes_in.to(device, torch.float32).contiguous()
-        return named_feeds(graph, inputs, given, cond, kv, caches)
+    return family.step_feeds(graph, inputs, cond, kv, caches, index, codes_in, cfg, inv_tau, noise, device, values)
+
+
+def role_feeds(inputs: dict, cond: dict[str, torch.Tensor], kv: KVCache, caches: dict[str, torch.Tensor], index: int,
+               codes_in: torch.Tensor | None, cfg: float, inv_tau: float, noise: torch.Tensor | None,
+               device: torch.device, values: torch.device) -> dict[str, torch.Tensor]:
+    """Infinity's step inputs: the conditioning, ``sos`` or ``codes``, τ and the noise of the in-graph sampling,
+    cross-attention K/V, past K/V and restore caches; scalars and noise on ``values``."""
     feeds = {name: cond[name] for name in CONDITION_FEEDS}
-    feeds["inv_tau"] = torch.tensor(inv_tau, dtype=torch.float32, device=values)
-    feeds["noise"] = noise.to(values, torch.float32).contiguous()
-    if "cfg_scale" in inputs:
-        feeds["cfg_scale"] = torch.tensor(cfg, dtype=torch.float32, device=values)
+    feeds[gn.INV_TAU] = torch.tensor(inv_tau, dtype=torch.float32, device=values)
+    feeds[gn.NOISE] = noise.to(values, torch.float32).contiguous()
+    if gn.CFG_SCALE in inputs:
+        feeds[gn.CFG_SCALE] = torch.tensor(cfg, dtype=torch.float32, device=values)
     if index == 0:
-        feeds["sos"] = cond["sos"]
+        feeds[gn.SOS] = cond[gn.SOS]
     else:
-        feeds["codes"] = codes_in.to(device, torch.float32).contiguous()
+        feeds[gn.CODES] = codes_in.to(device, torch.float32).contiguous()
     for name in inputs:
-        if name.startswith(("ca_k_", "ca_v_")):
+        if gn.is_cross_kv(name):
             feeds[name] = cond[name]
-        elif name.startswith("past_k_"):
-            feeds[name], feeds["past_v_" + name[len("past_k_"):]] = kv.past(int(name.rsplit("_", 1)[1]))
-        elif name.startswith("cache_"):
+        elif (i := gn.past_k_block(name)) is not None:
+            feeds[name], feeds[gn.past_v(i)] = kv.past(i)
+        elif gn.is_cache(name):
             feeds[name] = caches[name]
     return feeds
-
-
-def new_kv_block(name: str) -> int | None:
-    """The block whose new K or V an output holds (``new_k_3`` -> 3), None for other outputs."""
-    return int(name.rsplit("_", 1)[1]) if name.startswith(("new_k_", "new_v_")) else None
 
 
 def padded_text(text: torch.Tensor, cfg_active: bool, guidance: bool, text_len: int) -> torch.Tensor:
@@ -81,9 +79,9 @@ def named_feeds(graph: str, inputs: dict, values: dict[str, torch.Tensor], cond:
             feeds[name] = values[name]
         elif name in cond:
             feeds[name] = cond[name]
-        elif name.startswith("past_k_"):
-            feeds[name], feeds["past_v_" + name[len("past_k_"):]] = kv.past(int(name.rsplit("_", 1)[1]))
-        elif name.startswith("past_v_"):
+        elif (i := gn.past_k_block(name)) is not None:
+            feeds[name], feeds[gn.past_v(i)] = kv.past(i)
+        elif gn.is_past_v(name):
             continue
         elif name in caches:
             feeds[name] = caches[name]
@@ -96,6 +94,6 @@ def kv_dtype(art: Artifact) -> torch.dtype:
     """The KV cache's dtype: what the step graphs write (fp32 when no step writes any)."""
     for g in art.data["graphs"].values():
         for t in g["outputs"]:
-            if t["name"].startswith("new_k_"):
+            if gn.is_new_k(t["name"]):
                 return TORCH_DTYPES[t["dtype"]]
     return torch.float32

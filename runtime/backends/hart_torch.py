@@ -8,7 +8,7 @@ import time
 import numpy as np
 import torch
 
-from fastvar.export.hart_graphs import HART_SUBLAYERS
+from fastvar import graph_names as gn
 from fastvar.export.models.hart import HART, HARTConditioning, HARTStepOutput
 from fastvar.export.models.hart_fastvar import HARTPruneStep
 from fastvar.export.models.hart_tokenizer import HARTTokenizer
@@ -93,8 +93,8 @@ class HARTTorchBackend:
         if out.caches is not None:
             self.restore_caches = out.caches
         if out.kept_idx is not None:
-            self.kept_sets[st.index] = {f"kept_{sub}_{i}": t.cpu().numpy() for i, idx in enumerate(out.kept_idx)
-                                        if idx is not None for sub, t in zip(HART_SUBLAYERS, idx, strict=True)}
+            self.kept_sets[st.index] = {gn.kept(sub, i): t.cpu().numpy() for i, idx in enumerate(out.kept_idx)
+                                        if idx is not None for sub, t in zip(gn.HART_SUBLAYERS, idx, strict=True)}
         if write_kv:
             for i in range(depth):
                 self.kv.write(i, out.new_k[i], out.new_v[i])

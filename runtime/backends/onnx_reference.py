@@ -11,9 +11,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fastvar import graph_names as gn
 from fastvar.export.schedules import StepPlan
 from fastvar.export.weight_store import read_store
+from fastvar.family import for_artifact
 from fastvar.manifest import Artifact, ArtifactError
+from fastvar.runtime.backends.feeds import step_feeds
 from fastvar.runtime.kv_cache import KVCache
 
 
@@ -98,7 +101,7 @@ class OnnxReferenceBackend:
         import onnx
         from onnx.reference import ReferenceEvaluator
 
-        self.art, self.plan = art, art.plan()
+        self.art, self.plan, self.family = art, art.plan(), for_artifact(art)
         cfg = art.data["model"]["config"]
         self.depth, self.heads, self.head_dim = cfg["depth"], cfg["heads"], cfg["head_dim"]
         self.text_len = art.data["text_len"]
@@ -129,9 +132,9 @@ class OnnxReferenceBackend:
             raise ArtifactError(f"the text has {lt} tokens; this artifact's text bucket holds {self.text_len}")
         padded = torch.zeros((b, self.text_len, d), dtype=torch.float32)
         padded[:, :lt] = text
-        self.cond = self._run("condition", {"text": padded, "text_lengths": lengths.to(torch.int64)})
-        rows = self.cond["gss"].shape[0]
-        dtype = self.cond["ca_k_0"].dtype
+        self.cond = self._run(gn.CONDITION_GRAPH, {gn.TEXT: padded, gn.TEXT_LENGTHS: lengths.to(torch.int64)})
+        rows = self.cond[gn.GSS].shape[0]
+        dtype = self.cond[gn.ca_k(0)].dtype
         self.kv = KVCache(self.plan, self.depth, rows, self.heads, self.head_dim, dtype)
         self.kv_bytes = self.kv.nbytes
         self.caches, self.kept_sets = {}, {}
@@ -139,32 +142,23 @@ class OnnxReferenceBackend:
     def step(self, st: StepPlan, codes_in: torch.Tensor | None, cfg: float, inv_tau: float,
              write_kv: bool, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and the bits sampled in the graph from ``noise``."""
-        name = f"step_{st.index:02d}"
-        wanted = {t["name"] for t in self.art.graph(name)["inputs"]}
-        feeds = {k: v for k, v in self.cond.items() if k in wanted}
-        feeds["inv_tau"] = torch.tensor(inv_tau, dtype=torch.float32)
-        feeds["noise"] = noise.float()
-        if "cfg_scale" in wanted:
-            feeds["cfg_scale"] = torch.tensor(cfg, dtype=torch.float32)
-        if "codes" in wanted:
-            feeds["codes"] = codes_in.float()
-        for i in range(self.depth):
-            if f"past_k_{i}" in wanted:
-                feeds[f"past_k_{i}"], feeds[f"past_v_{i}"] = self.kv.past(i)
-        feeds.update({k: v for k, v in self.caches.items() if k in wanted})
+        name = gn.step_graph(st.index)
+        inputs = {t["name"]: t for t in self.art.graph(name)["inputs"]}
+        feeds = step_feeds(self.family, name, inputs, self.cond, self.kv, self.caches, st.index, codes_in, cfg, inv_tau,
+                           noise, torch.device("cpu"))
         out = self._run(name, feeds)
         if write_kv:
             for i in range(self.depth):
-                self.kv.write(i, out[f"new_k_{i}"], out[f"new_v_{i}"])
-        self.caches.update({k: v for k, v in out.items() if k.startswith("cache_")})
-        kept = {k: v.numpy() for k, v in out.items() if k.startswith("kept_")}
+                self.kv.write(i, out[gn.new_k(i)], out[gn.new_v(i)])
+        self.caches.update({k: v for k, v in out.items() if gn.is_cache(k)})
+        kept = {k: v.numpy() for k, v in out.items() if gn.is_kept(k)}
         if kept:
             self.kept_sets[st.index] = kept
-        return out["logits"], out["bits"]
+        return out[gn.LOGITS], out[gn.BITS]
 
     def end_loop(self) -> None:
         """Free the KV cache, restore caches and conditioning before the decoder runs (kept sets stay)."""
         self.kv, self.caches, self.cond = None, {}, {}
 
     def decode(self, summed: torch.Tensor) -> torch.Tensor:
-        return self._run("decoder", {"codes": summed.float()})["image"]
+        return self._run(gn.DECODER_GRAPH, {gn.CODES: summed.float()})[gn.IMAGE]

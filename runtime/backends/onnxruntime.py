@@ -18,11 +18,13 @@ import time
 import numpy as np
 import torch
 
+from fastvar import graph_names as gn
 from fastvar.export.graphs import TORCH_DTYPES
 from fastvar.export.schedules import StepPlan
 from fastvar.export.weight_store import read_store
+from fastvar.family import for_artifact
 from fastvar.manifest import Artifact, ArtifactError
-from fastvar.runtime.backends.feeds import kv_dtype, new_kv_block, padded_text, step_feeds
+from fastvar.runtime.backends.feeds import kv_dtype, padded_text, step_feeds
 from fastvar.runtime.backends.hart_calls import HARTGraphCalls
 from fastvar.runtime.kv_cache import KVCache
 
@@ -152,7 +154,7 @@ class OnnxRuntimeBackend(HARTGraphCalls):
                                 "artifacts (its CPU provider has no bf16 kernels). Export with --precision fp32, "
                                 "or build TensorRT engines from it (fastvar-build)")
         self.art, self.device = art, device
-        self.hart = art.data["model"].get("family") == "hart"
+        self.family = for_artifact(art)
         self.torch_device = torch.device("cuda" if device == "cuda" else "cpu")
         self.plan = art.plan()
         cfg = art.data["model"]["config"]
@@ -163,7 +165,7 @@ class OnnxRuntimeBackend(HARTGraphCalls):
                         for k, v in self.host_weights.items()}
         self.sessions = {name: _Session(art, name, self.weights, device, threads) for name in art.run_graphs()}
         self.weight_bytes = sum(t.numel() * t.element_size() for t in self.host_weights.values()) + sum(
-            int(np.prod(shape)) * 4 for shape in self.sessions["decoder"].initializer_shapes())
+            int(np.prod(shape)) * 4 for shape in self.sessions[gn.DECODER_GRAPH].initializer_shapes())
         self.cond: dict[str, torch.Tensor] = {}
         self.caches: dict[str, torch.Tensor] = {}
         self.kept_sets: dict[int, dict[str, np.ndarray]] = {}
@@ -180,13 +182,13 @@ class OnnxRuntimeBackend(HARTGraphCalls):
 
     def start(self, text: torch.Tensor, lengths: torch.Tensor, cfg_active: bool) -> None:
         padded = padded_text(text, cfg_active, self.guidance, self.text_len).to(self.torch_device)
-        s = self.sessions["condition"]
-        s.bind_input("text", padded)
-        s.bind_input("text_lengths", lengths.to(self.torch_device, torch.int64).contiguous())
+        s = self.sessions[gn.CONDITION_GRAPH]
+        s.bind_input(gn.TEXT, padded)
+        s.bind_input(gn.TEXT_LENGTHS, lengths.to(self.torch_device, torch.int64).contiguous())
         for name in s.outputs:
             s.bind_output(name)
         self.cond = s.run()
-        rows = self.cond["head_scale"].shape[0]
+        rows = self.cond[gn.HEAD_SCALE].shape[0]
         self.kv = KVCache(self.plan, self.depth, rows, self.heads, self.head_dim, kv_dtype(self.art), self.torch_device)
         self.kv_bytes = self.kv.nbytes
         self.caches, self.kept_sets = {}, {}
@@ -194,33 +196,33 @@ class OnnxRuntimeBackend(HARTGraphCalls):
     def step(self, st: StepPlan, codes_in: torch.Tensor | None, cfg: float, inv_tau: float,
              write_kv: bool, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits, and the bits sampled in the graph from ``noise`` (Infinity; HART samples in the loop: None)."""
-        s = self.sessions.get(f"step_{st.index:02d}")
+        s = self.sessions.get(gn.step_graph(st.index))
         if s is None:
             raise ArtifactError(f"{self.art.root} has no graph for step {st.index}")
-        feeds = step_feeds(s.name, self.hart, s.inputs, self.cond, self.kv, self.caches, st.index, codes_in, cfg,
+        feeds = step_feeds(self.family, s.name, s.inputs, self.cond, self.kv, self.caches, st.index, codes_in, cfg,
                            inv_tau, noise, self.torch_device)
         for name, t in feeds.items():
             s.bind_input(name, t)
         slices = {}
         for name in s.outputs:
-            i = new_kv_block(name)
+            i = gn.new_kv_block(name)
             if i is not None:
                 n = s.outputs[name]["shape"][0]
                 slices[i] = self.kv.reserve(i, n)
-                s.bind_output(name, slices[i][0] if name.startswith("new_k") else slices[i][1])
+                s.bind_output(name, slices[i][0] if gn.is_new_k(name) else slices[i][1])
             else:
                 s.bind_output(name)
         out = s.run()
         for i in slices:
-            self.kv.commit(i, s.outputs[f"new_k_{i}"]["shape"][0])
+            self.kv.commit(i, s.outputs[gn.new_k(i)]["shape"][0])
         for name, t in out.items():
-            if name.startswith("cache_"):
+            if gn.is_cache(name):
                 self.caches[name] = t
-        kept = {n: t.cpu().numpy() for n, t in out.items() if n.startswith("kept_")}
+        kept = {n: t.cpu().numpy() for n, t in out.items() if gn.is_kept(n)}
         if kept:
             self.kept_sets[st.index] = kept
-        self.hidden = out.get("hidden")
-        return out["logits"], out.get("bits")
+        self.hidden = out.get(gn.HIDDEN)
+        return out[gn.LOGITS], out.get(gn.BITS)
 
     def _run(self, name: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run a graph whose every input is given (tensors moved to the run's device as float32 or as typed)."""
@@ -243,8 +245,8 @@ class OnnxRuntimeBackend(HARTGraphCalls):
             s.unbind()
 
     def decode(self, summed: torch.Tensor) -> torch.Tensor:
-        s = self.sessions["decoder"]
+        s = self.sessions[gn.DECODER_GRAPH]
         (name,) = s.inputs
         s.bind_input(name, summed.to(self.torch_device, torch.float32).contiguous())
-        s.bind_output("image")
-        return s.run()["image"]
+        s.bind_output(gn.IMAGE)
+        return s.run()[gn.IMAGE]

@@ -29,17 +29,20 @@ import warnings
 import numpy as np
 import torch
 
+from fastvar import graph_names as gn
 from fastvar.compat import EngineRecord, Machine, mismatches
 from fastvar.export.graphs import TORCH_DTYPES
 from fastvar.export.schedules import StepPlan
 from fastvar.export.weight_store import read_store
+from fastvar.family import for_artifact
 from fastvar.manifest import Artifact, ArtifactError, sha256_file
-from fastvar.runtime.backends.feeds import kv_dtype, new_kv_block, padded_text, step_feeds
+from fastvar.runtime.backends.feeds import kv_dtype, padded_text, step_feeds
 from fastvar.runtime.backends.hart_calls import HARTGraphCalls
 from fastvar.runtime.kv_cache import KVCache
 
 # Inputs whose values change per call: copied into owned buffers, so an engine's addresses never change.
-PER_CALL = ("text", "text_lengths", "codes", "noise", "inv_tau", "cfg_scale", "x_in", "discrete", "f_hat", "tokens")
+PER_CALL = (gn.TEXT, gn.TEXT_LENGTHS, gn.CODES, gn.NOISE, gn.INV_TAU, gn.CFG_SCALE, gn.X_IN, gn.DISCRETE, gn.F_HAT,
+            gn.TOKENS)
 
 
 def _trt_dtypes(trt) -> dict:
@@ -248,12 +251,12 @@ class TensorRTBackend(HARTGraphCalls):
         self.plan = art.plan()
         cfg = art.data["model"]["config"]
         self.depth = cfg["depth"]
-        self.hart = art.data["model"].get("family") == "hart"
+        self.family = for_artifact(art)
         self.batch = art.data["batch"]
         self.text_len, self.guidance = art.data["text_len"], art.data["guidance"]
-        cond = self.engines["condition"]
+        cond = self.engines[gn.CONDITION_GRAPH]
         self.cond = {n: cond.output(n) for n in cond.outputs}
-        self.kv = KVCache(self.plan, self.depth, self.cond["head_scale"].shape[0], cfg["heads"], cfg["head_dim"],
+        self.kv = KVCache(self.plan, self.depth, self.cond[gn.HEAD_SCALE].shape[0], cfg["heads"], cfg["head_dim"],
                           kv_dtype(art), self.device)
         self.kv_bytes = self.kv.nbytes
         self.caches: dict[str, torch.Tensor] = {}
@@ -301,45 +304,45 @@ class TensorRTBackend(HARTGraphCalls):
 
     def start(self, text: torch.Tensor, lengths: torch.Tensor, cfg_active: bool) -> None:
         padded = padded_text(text, cfg_active, self.guidance, self.text_len)
-        e = self.engines["condition"]
+        e = self.engines[gn.CONDITION_GRAPH]
         with self.on_stream():
-            e.feed("text", padded)
-            e.feed("text_lengths", lengths.to(torch.int64).contiguous())
+            e.feed(gn.TEXT, padded)
+            e.feed(gn.TEXT_LENGTHS, lengths.to(torch.int64).contiguous())
             e.run()
         self.kv.length = [0] * self.depth
         self._kept = {}
 
     def step(self, st: StepPlan, codes_in: torch.Tensor | None, cfg: float, inv_tau: float,
              write_kv: bool, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        e = self.engines.get(f"step_{st.index:02d}")
+        e = self.engines.get(gn.step_graph(st.index))
         if e is None:
             raise ArtifactError(f"{self.art.root} has no engine for step {st.index}")
         with self.on_stream():
-            feeds = step_feeds(e.name, self.hart, e.inputs, self.cond, self.kv, self.caches, st.index, codes_in, cfg,
+            feeds = step_feeds(self.family, e.name, e.inputs, self.cond, self.kv, self.caches, st.index, codes_in, cfg,
                                inv_tau, noise, self.device, host_values=True)
             for name, t in feeds.items():
                 e.feed(name, t)
             written = {}
             for name in e.outputs:
-                i = new_kv_block(name)
+                i = gn.new_kv_block(name)
                 if i is None:
                     e.output(name)
                     continue
                 n = e.outputs[name]["shape"][0]
                 k, v = self.kv.reserve(i, n)
-                e.output(name, k if name.startswith("new_k") else v)
+                e.output(name, k if gn.is_new_k(name) else v)
                 written[i] = n
             out = e.run()
         for i, n in written.items():
             self.kv.commit(i, n)
         for name, t in out.items():
-            if name.startswith("cache_"):
+            if gn.is_cache(name):
                 self.caches[name] = t
-        kept = {n: t.clone() for n, t in out.items() if n.startswith("kept_")}  # device copies: no host sync
+        kept = {n: t.clone() for n, t in out.items() if gn.is_kept(n)}  # device copies: no host sync
         if kept:
             self._kept[st.index] = kept
-        self.hidden = out.get("hidden")
-        return out["logits"], out.get("bits")
+        self.hidden = out.get(gn.HIDDEN)
+        return out[gn.LOGITS], out.get(gn.BITS)
 
     @property
     def kept_sets(self) -> dict[int, dict[str, np.ndarray]]:
@@ -367,11 +370,11 @@ class TensorRTBackend(HARTGraphCalls):
 
     def decode(self, summed: torch.Tensor) -> torch.Tensor:
         """The image from Infinity's summed codes or HART's f_hat (each decoder's one input)."""
-        e = self.engines["decoder"]
+        e = self.engines[gn.DECODER_GRAPH]
         (name,) = e.inputs
         with self.on_stream():
             e.feed(name, summed.to(self.device, torch.float32).contiguous())
-            image = e.output("image")
+            image = e.output(gn.IMAGE)
             e.run()
         if self.on_cuda:
             self.stream.synchronize()

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import torch
 
-from fastvar.export.graphs import SUBLAYERS
+from fastvar import graph_names as gn
 from fastvar.export.models.bsq_vae import BSQVAEDecoder
 from fastvar.export.models.infinity import Conditioning, Infinity, PruneStep, StepOutput
 from fastvar.export.models.rope import rope_freqs_grid, rope_table
@@ -70,8 +70,8 @@ class TorchBackend:
             self.restore_caches = out.caches
         if out.kept_idx is not None:
             lo = plan.block_range[0]
-            self.kept_sets[st.index] = {f"kept_{sub}_{lo + j}": t.cpu().numpy() for j, idx in enumerate(out.kept_idx)
-                                        for sub, t in zip(SUBLAYERS, idx, strict=True)}
+            self.kept_sets[st.index] = {gn.kept(sub, lo + j): t.cpu().numpy() for j, idx in enumerate(out.kept_idx)
+                                        for sub, t in zip(gn.INFINITY_SUBLAYERS, idx, strict=True)}
         if write_kv:
             for i in range(depth):
                 self.kv.write(i, out.new_k[i], out.new_v[i])

@@ -1,0 +1,51 @@
+"""The model families, registered by name; the one place that tells a model or an artifact's family.
+
+A third family is a module with a ``ModelFamily`` subclass and one ``register`` call below: the chain, the
+backends, validation and the benchmark reach it only through the interface in ``base``.
+"""
+
+from __future__ import annotations
+
+from fastvar.family.base import ModelFamily, ResolvedExport, SamplingDefaults
+from fastvar.family.hart import HARTFamily
+from fastvar.family.infinity import InfinityFamily
+
+__all__ = ["ModelFamily", "ResolvedExport", "SamplingDefaults", "family", "for_artifact", "for_model", "names",
+           "register"]
+
+_FAMILIES: dict[str, ModelFamily] = {}
+_FALLBACK = "infinity"  # model names no other family claims are Infinity's (its presets name the unknown)
+
+
+def register(f: ModelFamily) -> ModelFamily:
+    _FAMILIES[f.name] = f
+    return f
+
+
+register(InfinityFamily())
+register(HARTFamily())
+
+
+def names() -> list[str]:
+    return list(_FAMILIES)
+
+
+def family(name: str) -> ModelFamily:
+    """A family by its manifest name."""
+    try:
+        return _FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown model family {name!r}; known: {', '.join(_FAMILIES)}") from None
+
+
+def for_model(model: str) -> ModelFamily:
+    """The family of a model name (preset, alias, or the family's own name given with ``--ckpt``)."""
+    for name, f in _FAMILIES.items():
+        if name != _FALLBACK and f.owns(model):
+            return f
+    return _FAMILIES[_FALLBACK]
+
+
+def for_artifact(art) -> ModelFamily:
+    """The family an artifact's manifest records (``model.family``; manifests without one are Infinity's)."""
+    return family(art.data["model"].get("family", _FALLBACK))
