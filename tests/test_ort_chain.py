@@ -70,20 +70,20 @@ def test_kv_is_written_in_place_as_contiguous_slices(tiny_artifacts, monkeypatch
     art = Artifact.load(tiny_artifacts["fastvar"])
     be = open_backend(art, "onnxruntime")
     seen = []
-    orig_in, orig_out = ort_backend._Session.bind_input, ort_backend._Session.bind_output
+    orig_in, orig_out = ort_backend._Session.feed, ort_backend._Session.output
 
-    def bind_input(self, name, t):
+    def feed(self, name, t):
         if name.startswith("past_"):
             seen.append((self.name, name, t.data_ptr(), t.is_contiguous(), t.shape[0]))
         return orig_in(self, name, t)
 
-    def bind_output(self, name, t=None):
+    def output(self, name, t=None):
         if name.startswith("new_"):
             seen.append((self.name, name, t.data_ptr(), t.is_contiguous(), t.shape[0]))
         return orig_out(self, name, t)
 
-    monkeypatch.setattr(ort_backend._Session, "bind_input", bind_input)
-    monkeypatch.setattr(ort_backend._Session, "bind_output", bind_output)
+    monkeypatch.setattr(ort_backend._Session, "feed", feed)
+    monkeypatch.setattr(ort_backend._Session, "output", output)
     _generate(art, be, 0)
     kv = be.kv
     written = {}

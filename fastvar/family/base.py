@@ -108,7 +108,7 @@ class ModelFamily:
         raise NotImplementedError
 
     def geometry(self, cfg: dict, more_smooth: bool = True):
-        """The generation loop's per-family object factory (``runtime.families``)."""
+        """The generation loop's per-family object factory (``runtime.loop``)."""
         raise NotImplementedError
 
     def reference_backend(self, model, decoder, sched, plan):

@@ -135,7 +135,7 @@ class HARTFamily(ModelFamily):
         return hart_schedule(tuple(cfg["patch_nums"]), resolution, aspect)
 
     def geometry(self, cfg, more_smooth=True):
-        from fastvar.runtime.families import HARTGeometry
+        from fastvar.runtime.loop import HARTGeometry
 
         return HARTGeometry(patch_nums=tuple(cfg["patch_nums"]), vocab=cfg["vocab"], cvae=cfg["cvae"],
                             diff_steps=cfg["diff_steps"], more_smooth=more_smooth)

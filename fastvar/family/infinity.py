@@ -121,7 +121,7 @@ class InfinityFamily(ModelFamily):
         return scale_schedule(resolution, aspect)
 
     def geometry(self, cfg, more_smooth=True):
-        from fastvar.runtime.families import Geometry
+        from fastvar.runtime.loop import Geometry
 
         return Geometry(bits=cfg["bits"], codebook_dim=cfg["vae"]["codebook_dim"], patchify=cfg["spatial_patchify"])
 

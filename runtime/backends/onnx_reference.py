@@ -8,16 +8,15 @@ implementation of the ONNX Runtime custom op; everything else is standard ONNX.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
-from fastvar import graph_names as gn
-from fastvar.export.schedules import StepPlan
+from fastvar.export.graphs import TORCH_DTYPES
 from fastvar.export.weight_store import read_store
-from fastvar.family import for_artifact
-from fastvar.manifest import Artifact, ArtifactError
-from fastvar.runtime.backends.feeds import step_feeds
-from fastvar.runtime.kv_cache import KVCache
+from fastvar.manifest import Artifact
+from fastvar.runtime.backends.graph import GraphBackend, check_input
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -94,71 +93,58 @@ def _fp32_accumulating_ops():
     return [MatMul, Softmax]
 
 
-class OnnxReferenceBackend:
-    name = "onnx-reference"
+class _RefSession:
+    """One graph under the reference evaluator: inputs collected, outputs computed, then copied into the
+    tensors bound to them (a KV slice, or a buffer made here)."""
 
-    def __init__(self, art: Artifact) -> None:
+    def __init__(self, art: Artifact, name: str, weights: dict[str, np.ndarray], ops: list) -> None:
         import onnx
         from onnx.reference import ReferenceEvaluator
 
-        self.art, self.plan, self.family = art, art.plan(), for_artifact(art)
-        cfg = art.data["model"]["config"]
-        self.depth, self.heads, self.head_dim = cfg["depth"], cfg["heads"], cfg["head_dim"]
-        self.text_len = art.data["text_len"]
-        self.weights = {k: to_numpy(v) for k, v in read_store(art.weight_path()).items()}
-        ops = [_gather_elements_op(), *_fp32_accumulating_ops(),
-               *(_restore_op() if art.has_plugin_nodes else ())]
-        self.graphs = {name: ReferenceEvaluator(onnx.load(str(art.graph_path(name))), new_ops=ops)
-                       for name in art.run_graphs()}
-        self.cond: dict[str, torch.Tensor] = {}
-        self.caches: dict[str, torch.Tensor] = {}
-        self.kept_sets: dict[int, dict[str, np.ndarray]] = {}
-        self.kv: KVCache | None = None
-        self.kv_bytes = 0
+        rec = art.graph(name)
+        self.name, self.kind = name, rec["kind"]
+        self.inputs = {t["name"]: t for t in rec["inputs"]}
+        self.outputs = {t["name"]: t for t in rec["outputs"]}
+        self.weights = {w: weights[w] for w in rec["weights"]}
+        self.evaluator = ReferenceEvaluator(onnx.load(str(art.graph_path(name))), new_ops=ops)
+        self.fed: dict[str, np.ndarray] = {}
+        self.bound: dict[str, torch.Tensor] = {}
+        self.eval_seconds = 0.0
 
-    def _run(self, name: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        rec = self.art.graph(name)
-        inputs = {k: to_numpy(v) for k, v in feeds.items()}
-        inputs.update({w: self.weights[w] for w in rec["weights"]})
-        names = [o["name"] for o in rec["outputs"]]
-        return dict(zip(names, (from_numpy(np.asarray(a)) for a in self.graphs[name].run(names, inputs)),
-                        strict=True))
+    def feed(self, name: str, t: torch.Tensor) -> None:
+        check_input(self.name, name, t, self.inputs[name])
+        self.fed[name] = to_numpy(t.cpu())
 
-    def start(self, text: torch.Tensor, lengths: torch.Tensor, cfg_active: bool) -> None:
-        if cfg_active != self.art.data["guidance"]:
-            raise ArtifactError("cfg does not match the artifact's guidance setting")
-        b, lt, d = text.shape
-        if lt > self.text_len:
-            raise ArtifactError(f"the text has {lt} tokens; this artifact's text bucket holds {self.text_len}")
-        padded = torch.zeros((b, self.text_len, d), dtype=torch.float32)
-        padded[:, :lt] = text
-        self.cond = self._run(gn.CONDITION_GRAPH, {gn.TEXT: padded, gn.TEXT_LENGTHS: lengths.to(torch.int64)})
-        rows = self.cond[gn.GSS].shape[0]
-        dtype = self.cond[gn.ca_k(0)].dtype
-        self.kv = KVCache(self.plan, self.depth, rows, self.heads, self.head_dim, dtype)
-        self.kv_bytes = self.kv.nbytes
-        self.caches, self.kept_sets = {}, {}
+    def output(self, name: str, t: torch.Tensor | None = None) -> torch.Tensor:
+        if t is None:
+            spec = self.outputs[name]
+            t = torch.empty(spec["shape"], dtype=TORCH_DTYPES[spec["dtype"]])
+        self.bound[name] = t
+        return t
 
-    def step(self, st: StepPlan, codes_in: torch.Tensor | None, cfg: float, inv_tau: float,
-             write_kv: bool, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and the bits sampled in the graph from ``noise``."""
-        name = gn.step_graph(st.index)
-        inputs = {t["name"]: t for t in self.art.graph(name)["inputs"]}
-        feeds = step_feeds(self.family, name, inputs, self.cond, self.kv, self.caches, st.index, codes_in, cfg, inv_tau,
-                           noise, torch.device("cpu"))
-        out = self._run(name, feeds)
-        if write_kv:
-            for i in range(self.depth):
-                self.kv.write(i, out[gn.new_k(i)], out[gn.new_v(i)])
-        self.caches.update({k: v for k, v in out.items() if gn.is_cache(k)})
-        kept = {k: v.numpy() for k, v in out.items() if gn.is_kept(k)}
-        if kept:
-            self.kept_sets[st.index] = kept
-        return out[gn.LOGITS], out[gn.BITS]
+    def run(self) -> dict[str, torch.Tensor]:
+        names = list(self.outputs)
+        t0 = time.perf_counter()
+        results = self.evaluator.run(names, {**self.fed, **self.weights})
+        self.eval_seconds += time.perf_counter() - t0
+        for n, a in zip(names, results, strict=True):
+            self.bound[n].copy_(from_numpy(np.asarray(a)))
+        return {n: self.bound[n] for n in names}
 
-    def end_loop(self) -> None:
-        """Free the KV cache, restore caches and conditioning before the decoder runs (kept sets stay)."""
-        self.kv, self.caches, self.cond = None, {}, {}
+    def seconds(self) -> float:
+        return self.eval_seconds
 
-    def decode(self, summed: torch.Tensor) -> torch.Tensor:
-        return self._run(gn.DECODER_GRAPH, {gn.CODES: summed.float()})[gn.IMAGE]
+    def release(self) -> None:
+        self.fed, self.bound = {}, {}
+
+
+class OnnxReferenceBackend(GraphBackend):
+    name = "onnx-reference"
+
+    def __init__(self, art: Artifact) -> None:
+        weights = {k: to_numpy(v) for k, v in read_store(art.weight_path()).items()}
+        ops = [_gather_elements_op(), *_fp32_accumulating_ops(), *(_restore_op() if art.has_plugin_nodes else ())]
+        sessions = {name: _RefSession(art, name, weights, ops) for name in art.run_graphs()}
+        self._setup(art, torch.device("cpu"), sessions)
+        codebook = art.data.get("codebook")
+        self.codebook = torch.from_numpy(weights[codebook]) if codebook else None

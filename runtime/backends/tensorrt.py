@@ -26,19 +26,14 @@ import contextlib
 import time
 import warnings
 
-import numpy as np
 import torch
 
 from fastvar import graph_names as gn
 from fastvar.compat import EngineRecord, Machine, mismatches
 from fastvar.export.graphs import TORCH_DTYPES
-from fastvar.export.schedules import StepPlan
 from fastvar.export.weight_store import read_store
-from fastvar.family import for_artifact
 from fastvar.manifest import Artifact, ArtifactError, sha256_file
-from fastvar.runtime.backends.feeds import kv_dtype, padded_text, step_feeds
-from fastvar.runtime.backends.hart_calls import HARTGraphCalls
-from fastvar.runtime.kv_cache import KVCache
+from fastvar.runtime.backends.graph import GraphBackend, check_input
 
 # Inputs whose values change per call: copied into owned buffers, so an engine's addresses never change.
 PER_CALL = (gn.TEXT, gn.TEXT_LENGTHS, gn.CODES, gn.NOISE, gn.INV_TAU, gn.CFG_SCALE, gn.X_IN, gn.DISCRETE, gn.F_HAT,
@@ -57,6 +52,7 @@ class _Engine:
         trt = backend.trt
         self.name, self.rec, self.backend = name, rec, backend
         self.graph_rec = backend.art.graph(name)
+        self.kind = self.graph_rec["kind"]
         path = backend.art.root / rec["path"]
         if not path.is_file():
             raise ArtifactError(f"{name}: engine {path} is missing; run fastvar-build {backend.art.root}")
@@ -119,10 +115,7 @@ class _Engine:
 
     def feed(self, name: str, t: torch.Tensor) -> None:
         """Per-call inputs are copied into a buffer owned here (a fixed address); the rest are bound."""
-        spec = self.inputs[name]
-        if list(t.shape) != spec["shape"] or t.dtype != TORCH_DTYPES[spec["dtype"]]:
-            raise ArtifactError(f"{self.name}: input {name} is {tuple(t.shape)} {t.dtype}, the engine takes "
-                                f"{tuple(spec['shape'])} {spec['dtype']}")
+        check_input(self.name, name, t, self.inputs[name])
         if name in PER_CALL:
             if name not in self.owned:
                 self.owned[name] = torch.empty_like(t, device=self.backend.device)
@@ -198,6 +191,13 @@ class _Engine:
             return
         self.cuda_graph = g
 
+    def release(self) -> None:
+        """Let go of the tensors bound by address that this engine does not own (KV slices, caches, inputs);
+        weights and owned buffers stay. The next run rebinds them, and recaptures its CUDA graph."""
+        weights = set(self.graph_rec.get("weights", []))
+        self.bound = {n: t for n, t in self.bound.items() if n in weights or n in self.owned}
+        self.cuda_graph = None
+
     def seconds(self) -> float:
         """Device time inside this engine (CUDA events) or host time without CUDA."""
         if not self.backend.on_cuda:
@@ -206,8 +206,10 @@ class _Engine:
         return sum(s.elapsed_time(e) for s, e in self.events) / 1000.0
 
 
-class TensorRTBackend(HARTGraphCalls):
+class TensorRTBackend(GraphBackend):
     name = "tensorrt"
+    keeps_state = True  # the KV cache and every buffer keep their addresses: captured CUDA graphs replay
+    host_values = True  # scalars and noise are staged into owned device buffers without waiting for the stream
 
     def __init__(self, art: Artifact, device: str = "cuda", cuda_graphs: bool = True, trt=None,
                  graphs: list[str] | None = None) -> None:
@@ -248,20 +250,7 @@ class TensorRTBackend(HARTGraphCalls):
         self.scratch = torch.empty(max(size, 1), dtype=torch.uint8, device=self.device)
         for e in self.engines.values():
             e.context.set_device_memory(self.scratch.data_ptr(), size)
-        self.plan = art.plan()
-        cfg = art.data["model"]["config"]
-        self.depth = cfg["depth"]
-        self.family = for_artifact(art)
-        self.batch = art.data["batch"]
-        self.text_len, self.guidance = art.data["text_len"], art.data["guidance"]
-        cond = self.engines[gn.CONDITION_GRAPH]
-        self.cond = {n: cond.output(n) for n in cond.outputs}
-        self.kv = KVCache(self.plan, self.depth, self.cond[gn.HEAD_SCALE].shape[0], cfg["heads"], cfg["head_dim"],
-                          kv_dtype(art), self.device)
-        self.kv_bytes = self.kv.nbytes
-        self.caches: dict[str, torch.Tensor] = {}
-        self._kept: dict[int, dict[str, torch.Tensor]] = {}
-        self.hidden: torch.Tensor | None = None
+        self._setup(art, self.device, self.engines)
         codebook = art.data.get("codebook")  # HART embeds sampled indices itself: the store's codebook rows
         self.codebook = self.weights[codebook] if codebook else None
 
@@ -286,9 +275,6 @@ class TensorRTBackend(HARTGraphCalls):
             raise ArtifactError(f"{art.root}: engines do not match this machine: " + "; ".join(why)
                                 + f". Rebuild them here with fastvar-build {art.root}")
 
-    def graph_seconds(self, kinds: tuple[str, ...] = ("condition", "step")) -> float:
-        return sum(e.seconds() for e in self.engines.values() if e.graph_rec["kind"] in kinds)
-
     @contextlib.contextmanager
     def on_stream(self):
         """Run on the backend's stream, ordered after the caller's stream (whose work made the inputs) and
@@ -302,84 +288,9 @@ class TensorRTBackend(HARTGraphCalls):
             yield
         caller.wait_stream(self.stream)
 
-    def start(self, text: torch.Tensor, lengths: torch.Tensor, cfg_active: bool) -> None:
-        padded = padded_text(text, cfg_active, self.guidance, self.text_len)
-        e = self.engines[gn.CONDITION_GRAPH]
-        with self.on_stream():
-            e.feed(gn.TEXT, padded)
-            e.feed(gn.TEXT_LENGTHS, lengths.to(torch.int64).contiguous())
-            e.run()
-        self.kv.length = [0] * self.depth
-        self._kept = {}
-
-    def step(self, st: StepPlan, codes_in: torch.Tensor | None, cfg: float, inv_tau: float,
-             write_kv: bool, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        e = self.engines.get(gn.step_graph(st.index))
-        if e is None:
-            raise ArtifactError(f"{self.art.root} has no engine for step {st.index}")
-        with self.on_stream():
-            feeds = step_feeds(self.family, e.name, e.inputs, self.cond, self.kv, self.caches, st.index, codes_in, cfg,
-                               inv_tau, noise, self.device, host_values=True)
-            for name, t in feeds.items():
-                e.feed(name, t)
-            written = {}
-            for name in e.outputs:
-                i = gn.new_kv_block(name)
-                if i is None:
-                    e.output(name)
-                    continue
-                n = e.outputs[name]["shape"][0]
-                k, v = self.kv.reserve(i, n)
-                e.output(name, k if gn.is_new_k(name) else v)
-                written[i] = n
-            out = e.run()
-        for i, n in written.items():
-            self.kv.commit(i, n)
-        for name, t in out.items():
-            if gn.is_cache(name):
-                self.caches[name] = t
-        kept = {n: t.clone() for n, t in out.items() if gn.is_kept(n)}  # device copies: no host sync
-        if kept:
-            self._kept[st.index] = kept
-        self.hidden = out.get(gn.HIDDEN)
-        return out[gn.LOGITS], out.get(gn.BITS)
-
-    @property
-    def kept_sets(self) -> dict[int, dict[str, np.ndarray]]:
-        """Kept indices of the pruned steps of the last image (parity checks read them after a run)."""
-        return {i: {n: t.cpu().numpy() for n, t in sets.items()} for i, sets in self._kept.items()}
-
-    def _run(self, name: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Run an engine whose every input is given, on the backend's stream (HART's next-input and
-        diffusion engines); its outputs stay in buffers owned here."""
-        e = self.engines[name]
-        with self.on_stream():
-            for n, t in feeds.items():
-                e.feed(n, t)
-            for n in e.outputs:
-                e.output(n)
-            return e.run()
-
-    def _graph_inputs(self, name: str) -> dict | None:
-        e = self.engines.get(name)
-        return None if e is None else e.inputs
-
-    def end_loop(self) -> None:
-        """The KV cache, caches and scratch are the backend's for its whole life (fixed addresses for CUDA
-        graph replay, counted once in the plan): nothing is freed between the loop and the decoder."""
-
-    def decode(self, summed: torch.Tensor) -> torch.Tensor:
-        """The image from Infinity's summed codes or HART's f_hat (each decoder's one input)."""
-        e = self.engines[gn.DECODER_GRAPH]
-        (name,) = e.inputs
-        with self.on_stream():
-            e.feed(name, summed.to(self.device, torch.float32).contiguous())
-            image = e.output(gn.IMAGE)
-            e.run()
+    def synchronize(self) -> None:
         if self.on_cuda:
             self.stream.synchronize()
-        return image
-
 
 
 def _has_triton() -> bool:
