@@ -50,6 +50,7 @@ class GraphResult:
     outputs: list[OutputResult] = field(default_factory=list)
     error: str | None = None
     kept_overlap: float | None = None
+    kept_reordered: bool = False  # the same kept set in another order (near-tied scores ranked the other way)
 
     @property
     def passed(self) -> bool:
@@ -66,7 +67,8 @@ class GraphResult:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "step": self.step, "passed": self.passed, "error": self.error,
-                "kept_overlap": self.kept_overlap, "outputs": [o.to_dict() for o in self.outputs]}
+                "kept_overlap": self.kept_overlap, "kept_reordered": self.kept_reordered,
+                "outputs": [o.to_dict() for o in self.outputs]}
 
 
 def tolerance_for(name: str, table: dict[str, float]) -> float:
@@ -123,6 +125,7 @@ def compare_graph(name: str, step: int | None, runner, feeds: dict[str, np.ndarr
         if gn.is_kept(n):
             overlap = float(np.mean([len(np.intersect1d(a, b)) / len(b) for a, b in zip(got[n], want, strict=True)]))
             result.kept_overlap = overlap if result.kept_overlap is None else min(result.kept_overlap, overlap)
+            result.kept_reordered |= not np.array_equal(got[n], want)
             continue
         max_abs, mean_abs, max_rel, cos = metrics(got[n], want)
         if n == gn.BITS:

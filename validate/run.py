@@ -164,9 +164,10 @@ def validate(root: str, report: str | None = None, tol: list[str] | None = None,
 
             runner = EngineRunner(engines, name)
         res = compare_graph(name, g.get("step"), runner, feeds, golden, tolerances)
-        if g["kind"] == "step" and res.kept_overlap is not None and res.kept_overlap < 1.0:
-            # a flipped selection changes those tokens' outputs: the compute is judged on the validation
-            # variant (identical selections); this graph is judged on its kept-set overlap
+        if g["kind"] == "step" and res.kept_overlap is not None and (res.kept_overlap < 1.0 or res.kept_reordered):
+            # a flipped selection changes those tokens' outputs, and a reordered one the order the new K/V
+            # are stored in: the compute is judged on the validation variant (identical selections); this
+            # graph is judged on its kept-set overlap
             for o in res.outputs:
                 if not o.passed and math.isfinite(o.max_rel):
                     judged = gn.validate_graph(g["step"])
