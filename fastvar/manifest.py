@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from fastvar.manifest_schema import Manifest, ManifestError
 from fastvar.plan import PrunePlan
 
 FORMAT_VERSION = 1
@@ -50,7 +51,8 @@ def verify_file(root: Path, rec: dict, hash_check: bool = True) -> str | None:
 @dataclass
 class Artifact:
     root: Path
-    data: dict
+    data: dict  # the manifest as written (JSON); ``manifest`` holds its checked, typed fields
+    manifest: Manifest | None = None
 
     @classmethod
     def load(cls, root: str | os.PathLike) -> Artifact:
@@ -62,11 +64,15 @@ class Artifact:
             data = json.loads(path.read_text())
         except ValueError as err:
             raise ArtifactError(f"{path} is not valid JSON ({err}); re-run fastvar-export") from None
-        version = data.get("format_version")
+        version = data.get("format_version") if isinstance(data, dict) else None
         if version != FORMAT_VERSION:
             raise ArtifactError(f"{path} has format_version {version!r}; this fastvar-trt reads {FORMAT_VERSION}. "
                                 "Re-export with this version (fastvar-export --force)")
-        return cls(root, data)
+        try:
+            manifest = Manifest.read(data, FORMAT_VERSION)
+        except ManifestError as err:
+            raise ArtifactError(f"{path}: {err}. Re-run fastvar-export to rewrite it") from None
+        return cls(root, data, manifest)
 
     def verify(self, hash_check: bool = True) -> None:
         if not self.data.get("complete"):

@@ -1,0 +1,259 @@
+"""The manifest's records as types, read and checked field by field before anything uses them.
+
+A manifest is untrusted input: every field is checked for presence, type and range, every path for staying
+inside the artifact, and the first problem is an ``ArtifactError`` that names the field (``graphs.step_03.
+inputs[2].shape``), never a ``KeyError``, a ``TypeError`` or an allocation sized by a hostile number.
+Bottom layer: imports nothing from export or runtime.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+MAX_DIM = 1 << 24  # any one tensor dimension
+MAX_COUNT = 1 << 16  # graphs, steps, blocks, batch, text tokens and other counts
+MAX_BYTES = 1 << 46  # a file's recorded size (64 TiB)
+DTYPES = ("float32", "bfloat16", "float16", "bool", "int64", "int32", "uint8")
+GRAPH_KINDS = ("condition", "step", "validate", "decoder", "diffusion", "next_input")
+PRECISIONS = ("fp32", "bf16")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ManifestError(ValueError):
+    """A manifest field that is missing, of the wrong type or out of range (``fastvar.manifest`` re-raises it
+    as an ``ArtifactError`` naming the file)."""
+
+
+class _At:
+    """A cursor into the parsed JSON that knows its dotted path, for error messages."""
+
+    def __init__(self, value: Any, where: str) -> None:
+        self.value, self.where = value, where
+
+    def _fail(self, what: str) -> ManifestError:
+        return ManifestError(f"{self.where or 'the manifest'} {what}")
+
+    def obj(self) -> dict:
+        if not isinstance(self.value, dict):
+            raise self._fail(f"must be an object, not {type(self.value).__name__}")
+        return self.value
+
+    def key(self, name: str, optional: bool = False) -> _At:
+        d = self.obj()
+        where = f"{self.where}.{name}" if self.where else name
+        if name not in d:
+            if optional:
+                return _At(None, where)
+            raise ManifestError(f"{where} is missing")
+        return _At(d[name], where)
+
+    def items(self) -> list[tuple[str, _At]]:
+        return [(k, _At(v, f"{self.where}.{k}")) for k, v in self.obj().items()]
+
+    def list(self, max_len: int = MAX_COUNT) -> list[_At]:
+        if not isinstance(self.value, list):
+            raise self._fail(f"must be a list, not {type(self.value).__name__}")
+        if len(self.value) > max_len:
+            raise self._fail(f"has {len(self.value)} entries; at most {max_len} are accepted")
+        return [_At(v, f"{self.where}[{i}]") for i, v in enumerate(self.value)]
+
+    def int(self, lo: int = 0, hi: int = MAX_COUNT, none: bool = False) -> int | None:
+        v = self.value
+        if v is None and none:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self._fail(f"must be an integer, not {type(v).__name__}")
+        if not lo <= v <= hi:
+            raise self._fail(f"is {v}; accepted: {lo}..{hi}")
+        return v
+
+    def float(self, lo: float = 0.0, hi: float = 1.0) -> float:
+        v = self.value
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+            raise self._fail(f"must be a number in [{lo}, {hi}], got {v!r}")
+        return float(v)
+
+    def bool(self) -> bool:
+        if not isinstance(self.value, bool):
+            raise self._fail(f"must be true or false, not {type(self.value).__name__}")
+        return self.value
+
+    def str(self, choices: tuple[str, ...] | None = None, none: bool = False) -> str | None:
+        v = self.value
+        if v is None and none:
+            return None
+        if not isinstance(v, str):
+            raise self._fail(f"must be a string, not {type(v).__name__}")
+        if choices is not None and v not in choices:
+            raise self._fail(f"is {v!r}; accepted: {', '.join(choices)}")
+        return v
+
+    def path(self) -> str:
+        """A path inside the artifact: relative, no ``..``, no empty or dot parts."""
+        v = self.str()
+        p = PurePosixPath(v)
+        if not v or p.is_absolute() or "\\" in v or any(part in ("", ".", "..") for part in v.split("/")):
+            raise self._fail(f"is {v!r}: a path inside the artifact must be relative, without '..'")
+        return v
+
+    def sha256(self) -> str:
+        v = self.str()
+        if not _SHA256.match(v):
+            raise self._fail("must be a sha256 (64 lowercase hex digits)")
+        return v
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    path: str
+    bytes: int
+    sha256: str
+
+    @classmethod
+    def read(cls, at: _At) -> FileRecord:
+        return cls(at.key("path").path(), at.key("bytes").int(0, MAX_BYTES), at.key("sha256").sha256())
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @classmethod
+    def read(cls, at: _At) -> TensorRecord:
+        shape = tuple(d.int(0, MAX_DIM) for d in at.key("shape").list(8))
+        return cls(at.key("name").str(), shape, at.key("dtype").str(DTYPES))
+
+
+@dataclass(frozen=True)
+class GraphRecord:
+    name: str
+    kind: str
+    step: int | None
+    inputs: tuple[TensorRecord, ...]
+    outputs: tuple[TensorRecord, ...]
+    weights: tuple[str, ...]
+    key: str
+    file: FileRecord
+
+    @classmethod
+    def read(cls, name: str, at: _At) -> GraphRecord:
+        rec = cls(at.key("name").str(), at.key("kind").str(GRAPH_KINDS), at.key("step").int(none=True),
+                  tuple(TensorRecord.read(t) for t in at.key("inputs").list()),
+                  tuple(TensorRecord.read(t) for t in at.key("outputs").list()),
+                  tuple(w.str() for w in at.key("weights").list(1 << 20)), at.key("key").str(),
+                  FileRecord.read(at.key("file")))
+        if rec.name != name:
+            raise ManifestError(f"{at.where}.name is {rec.name!r}, but the graph is listed as {name!r}")
+        return rec
+
+
+@dataclass(frozen=True)
+class WeightRecord(FileRecord):
+    tensors: int
+
+    @classmethod
+    def read(cls, at: _At) -> WeightRecord:
+        f = FileRecord.read(at)
+        return cls(f.path, f.bytes, f.sha256, at.key("tensors").int(0, 1 << 24))
+
+
+@dataclass(frozen=True)
+class EngineFile:
+    path: str
+    sha256: str
+    graph_key: str
+
+    @classmethod
+    def read(cls, at: _At) -> EngineFile:
+        return cls(at.key("path").path(), at.key("sha256").sha256(), at.key("graph_key").str())
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    index: int
+    h: int
+    w: int
+    tokens: int
+    pruned_fraction: float
+    kept: int
+    skipped: bool
+
+    @classmethod
+    def read(cls, at: _At) -> StepRecord:
+        rec = cls(at.key("index").int(), at.key("h").int(1, MAX_DIM), at.key("w").int(1, MAX_DIM),
+                  at.key("tokens").int(1, MAX_DIM), at.key("pruned_fraction").float(),
+                  at.key("kept").int(0, MAX_DIM), at.key("skipped").bool())
+        if rec.tokens != rec.h * rec.w or rec.kept > rec.tokens:
+            raise ManifestError(f"{at.where}: tokens {rec.tokens} and kept {rec.kept} do not fit a "
+                                f"{rec.h}x{rec.w} scale")
+        return rec
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    name: str
+    family: str
+    depth: int
+    heads: int
+    head_dim: int
+    source_kind: str
+
+    @classmethod
+    def read(cls, at: _At) -> ModelRecord:
+        cfg = at.key("config")
+        cfg.obj()
+        source = at.key("source")
+        return cls(at.key("name").str(), at.key("family", optional=True).str(none=True) or "infinity",
+                   cfg.key("depth").int(1, 4096), cfg.key("heads").int(1, 4096), cfg.key("head_dim").int(1, 4096),
+                   source.key("kind").str(("random-init", "checkpoint")))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The fields every stage reads, typed; ``Artifact.data`` keeps the JSON for the rest."""
+
+    complete: bool
+    model: ModelRecord
+    precision: str
+    batch: int
+    text_len: int
+    guidance: bool
+    restore_op: str
+    steps: tuple[StepRecord, ...]
+    graphs: dict[str, GraphRecord]
+    weights: tuple[WeightRecord, ...]
+    engines: dict[str, EngineFile]
+
+    @classmethod
+    def read(cls, data: Any, version: int) -> Manifest:
+        at = _At(data, "")
+        at.obj()
+        got = at.key("format_version").value
+        if got != version:
+            raise ManifestError(f"format_version is {got!r}; this fastvar-trt reads {version}")
+        sched = at.key("schedule")
+        sched.key("spec").str()
+        steps = tuple(StepRecord.read(s) for s in sched.key("steps").list(1024))
+        if [s.index for s in steps] != list(range(len(steps))):
+            raise ManifestError("schedule.steps must be numbered 0, 1, 2, ... in order")
+        sched.key("cache_scale").int(0, max(len(steps) - 1, 0), none=True)
+        sched.key("first_step_kv", optional=True).int(0, MAX_DIM, none=True)
+        block_range = [b.int(0, 4096) for b in sched.key("block_range").list(2)]
+        if len(block_range) != 2 or block_range[0] > block_range[1]:
+            raise ManifestError(f"schedule.block_range is {block_range}; it must be [first, end) blocks")
+        weights = tuple(WeightRecord.read(w) for w in at.key("weights").list(64))
+        engines = at.key("engines", optional=True)
+        return cls(
+            complete=at.key("complete").bool(), model=ModelRecord.read(at.key("model")),
+            precision=at.key("precision").str(PRECISIONS), batch=at.key("batch").int(1, 4096),
+            text_len=at.key("text_len").int(1, 1 << 16), guidance=at.key("guidance").bool(),
+            restore_op=at.key("restore_op").str(("custom", "custom-add", "standard")), steps=steps,
+            graphs={n: GraphRecord.read(n, g) for n, g in at.key("graphs").items()},
+            weights=weights,
+            engines={} if engines.value is None else {n: EngineFile.read(e) for n, e in engines.items()},
+        )

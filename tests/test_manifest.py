@@ -1,0 +1,92 @@
+"""The manifest is read as typed records and checked field by field: a hostile or damaged manifest is a clean
+exit 2 that names the field, never a traceback or an allocation sized by a number in the file."""
+
+import copy
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+from conftest import export_tiny
+
+from fastvar.cli import build_cmd, run_cmd, validate_cmd
+from fastvar.family import family, for_artifact, for_model
+from fastvar.manifest import Artifact, ArtifactError
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    root = tmp_path_factory.mktemp("manifest") / "a"
+    export_tiny(root, "12:0.4,16:0.5", res="256", text_len=8)
+    return root
+
+
+def _mutate(m: dict, where: str, value) -> dict:
+    m = copy.deepcopy(m)
+    *path, last = where.split(".")
+    node = m
+    for p in path:
+        node = node[int(p)] if isinstance(node, list) else node[p]
+    if value is KeyError:
+        del node[last]
+    elif isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return m
+
+
+@pytest.mark.parametrize("where,value,named", [
+    ("batch", "2", "batch must be an integer"),
+    ("batch", -1, "batch is -1; accepted: 1..4096"),
+    ("graphs", KeyError, "graphs is missing"),
+    ("model.config.depth", 10**9, "model.config.depth is 1000000000"),
+    ("graphs.step_03.inputs.1.shape.0", -5, "graphs.step_03.inputs[1].shape[0] is -5"),
+    ("graphs.decoder.file.path", "../../outside.onnx", "graphs.decoder.file.path is '../../outside.onnx'"),
+    ("graphs.decoder.file.path", "/etc/passwd", "must be relative"),
+    ("weights.0.sha256", "zz", "weights[0].sha256 must be a sha256"),
+    ("schedule.steps.2.tokens", 5, "schedule.steps[2]: tokens 5 and kept 16 do not fit a 4x4 scale"),
+    ("schedule.block_range", [3, 1], "schedule.block_range is [3, 1]"),
+    ("precision", "fp8", "precision is 'fp8'; accepted: fp32, bf16"),
+])
+def test_a_bad_field_is_named_and_every_command_exits_2(small, tmp_path, where, value, named):
+    art = tmp_path / "a"
+    shutil.copytree(small, art)
+    m = json.loads((art / "manifest.json").read_text())
+    (art / "manifest.json").write_text(json.dumps(_mutate(m, where, value)))
+    with pytest.raises(ArtifactError, match="Re-run fastvar-export"):
+        Artifact.load(art)
+    for cmd, args in ((run_cmd, [str(art), "--out", str(tmp_path / "x.png")]), (validate_cmd, [str(art)]),
+                      (build_cmd, [str(art), "--check-only"])):
+        r = CliRunner().invoke(cmd, args)
+        assert r.exit_code == 2 and named in r.output, (cmd.name, r.output, r.exception)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_manifests_that_are_not_objects_are_refused(small, tmp_path):
+    art = tmp_path / "a"
+    shutil.copytree(small, art)
+    for text in ("[]", "3", '"x"', "null"):
+        (art / "manifest.json").write_text(text)
+        with pytest.raises(ArtifactError, match="format_version"):
+            Artifact.load(art)
+
+
+def test_typed_records_match_the_written_manifest(small):
+    art = Artifact.load(small)
+    m, d = art.manifest, art.data
+    assert m.complete and m.model.family == "infinity" and m.model.depth == d["model"]["config"]["depth"]
+    assert set(m.graphs) == set(d["graphs"]) and len(m.steps) == len(d["schedule"]["steps"])
+    step = m.graphs["step_05"]
+    assert [t.name for t in step.inputs] == [t["name"] for t in d["graphs"]["step_05"]["inputs"]]
+    assert step.file.sha256 == d["graphs"]["step_05"]["file"]["sha256"]
+    assert for_artifact(art) is family("infinity")
+
+
+def test_model_names_resolve_to_their_family():
+    assert for_model("hart-tiny") is family("hart") and for_model("hart") is family("hart")
+    assert for_model("infinity-2b") is family("infinity")
+    with pytest.raises(ValueError, match="unknown model 'nope'; known Infinity models"):
+        for_model("nope").preset("nope")
+    with pytest.raises(ValueError, match="unknown model family 'var'"):
+        family("var")
