@@ -6,6 +6,10 @@ ONNX-reference chains with seeds 0 and 1, and writes the sha256 of every exporte
 image, tokens and logits as JSON. Record it before a refactor and again after; ``--compare`` says which
 entries differ. The numbers depend on this machine's CPU kernels: compare on one machine.
 
+Graphs are hashed without the exporter's per-node metadata: PyTorch writes each node's Python stack (absolute
+source paths, line numbers, module class names) into ``metadata_props``, so the raw file changes with the
+checkout's path and with any edit that moves a line, while the graph itself does not.
+
     python tools/refactor_baseline.py --work /tmp/rb --out before.json
     python tools/refactor_baseline.py --work /tmp/rb2 --out after.json --compare before.json
 """
@@ -118,8 +122,26 @@ def _runs(roots: dict[str, Path]) -> dict[str, dict[str, str]]:
     return out
 
 
+def graph_sha(path: Path) -> str:
+    """sha256 of a graph with every node's exporter metadata (stack traces, class names) and doc string removed."""
+    import onnx
+
+    model = onnx.load(str(path))
+
+    def strip(graph) -> None:
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+            for a in node.attribute:
+                for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    strip(g)
+
+    strip(model.graph)
+    return _sha(model.SerializeToString(deterministic=True))
+
+
 def _graphs(roots: dict[str, Path]) -> dict[str, str]:
-    return {f"{name}/{p.name}": _sha(p.read_bytes()) for name, root in roots.items()
+    return {f"{name}/{p.name}": graph_sha(p) for name, root in roots.items()
             for p in sorted((root / "graphs").glob("*.onnx"))}
 
 
