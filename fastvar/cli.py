@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from fastvar.family import family, for_model, names
+from fastvar.family import family, names
 
 MODEL_NAMES = sorted(n for f in names() for n in family(f).model_names())
 # each family's sampling defaults (upstream's): Infinity cfg 4, tau 0.5; HART cfg 4.5, no tau
@@ -97,7 +97,8 @@ def run_cmd(ctx, artifact, backend, device, model_name, ckpt, vae_path, random_i
       fastvar-run --model infinity-tiny --random-init --res 1024 --seed 0 --out a.png
       fastvar-run --model hart-tiny --random-init --seed 0 --out h.png
     """
-    from fastvar.runtime.generate import RunOptions, run_artifact, run_reference
+    from fastvar.runtime.artifact_run import run_artifact
+    from fastvar.runtime.reference_run import RunOptions, run_reference
 
     if artifact is not None:
         model_flags = ["model_name", "ckpt", "vae_path", "random_init", "depth", "weights_seed", "res", "aspect",
@@ -119,8 +120,6 @@ def run_cmd(ctx, artifact, backend, device, model_name, ckpt, vae_path, random_i
     if ctx.get_parameter_source("backend") == click.core.ParameterSource.COMMANDLINE and backend != "torch":
         _fail("--backend needs an ARTIFACT directory (fastvar-export writes one); without it fastvar-run runs the "
               "PyTorch reference")
-    if cfg is None:
-        cfg = for_model(model_name).sampling.cfg
     if batch < 1:
         _fail(f"--batch must be >= 1, got {batch}")
     opts = RunOptions(model=model_name, ckpt=ckpt, vae=vae_path, random_init=random_init, depth=depth,

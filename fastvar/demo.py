@@ -14,7 +14,7 @@ def run_demo(out: str, log: Callable[[str], None] = print) -> dict:
     """Export infinity-tiny (random weights, 1024, FastVAR), generate with ONNX Runtime, then validate
     every graph against the PyTorch reference with Polygraphy and the chain end to end."""
     from fastvar.export.artifact import ExportOptions, export
-    from fastvar.runtime.generate import run_artifact
+    from fastvar.runtime.artifact_run import run_artifact
     from fastvar.validate.run import validate
 
     root = Path(out)

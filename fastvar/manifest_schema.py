@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
+from fastvar.plan import StepPlan
+
 MAX_DIM = 1 << 24  # any one tensor dimension
 MAX_COUNT = 1 << 16  # graphs, steps, blocks, batch, text tokens and other counts
 MAX_BYTES = 1 << 46  # a file's recorded size (64 TiB)
@@ -173,25 +175,13 @@ class EngineFile:
         return cls(at.key("path").path(), at.key("sha256").sha256(), at.key("graph_key").str())
 
 
-@dataclass(frozen=True)
-class StepRecord:
-    index: int
-    h: int
-    w: int
-    tokens: int
-    pruned_fraction: float
-    kept: int
-    skipped: bool
-
-    @classmethod
-    def read(cls, at: _At) -> StepRecord:
-        rec = cls(at.key("index").int(), at.key("h").int(1, MAX_DIM), at.key("w").int(1, MAX_DIM),
-                  at.key("tokens").int(1, MAX_DIM), at.key("pruned_fraction").float(),
-                  at.key("kept").int(0, MAX_DIM), at.key("skipped").bool())
-        if rec.tokens != rec.h * rec.w or rec.kept > rec.tokens:
-            raise ManifestError(f"{at.where}: tokens {rec.tokens} and kept {rec.kept} do not fit a "
-                                f"{rec.h}x{rec.w} scale")
-        return rec
+def _step(at: _At) -> StepPlan:
+    rec = StepPlan(at.key("index").int(), at.key("h").int(1, MAX_DIM), at.key("w").int(1, MAX_DIM),
+                   at.key("tokens").int(1, MAX_DIM), at.key("pruned_fraction").float(), at.key("kept").int(0, MAX_DIM),
+                   at.key("skipped").bool())
+    if rec.tokens != rec.h * rec.w or rec.kept > rec.tokens:
+        raise ManifestError(f"{at.where}: tokens {rec.tokens} and kept {rec.kept} do not fit a {rec.h}x{rec.w} scale")
+    return rec
 
 
 @dataclass(frozen=True)
@@ -224,7 +214,7 @@ class Manifest:
     text_len: int
     guidance: bool
     restore_op: str
-    steps: tuple[StepRecord, ...]
+    steps: tuple[StepPlan, ...]
     graphs: dict[str, GraphRecord]
     weights: tuple[WeightRecord, ...]
     engines: dict[str, EngineFile]
@@ -238,7 +228,7 @@ class Manifest:
             raise ManifestError(f"format_version is {got!r}; this fastvar-trt reads {version}")
         sched = at.key("schedule")
         sched.key("spec").str()
-        steps = tuple(StepRecord.read(s) for s in sched.key("steps").list(1024))
+        steps = tuple(_step(s) for s in sched.key("steps").list(1024))
         if [s.index for s in steps] != list(range(len(steps))):
             raise ManifestError("schedule.steps must be numbered 0, 1, 2, ... in order")
         sched.key("cache_scale").int(0, max(len(steps) - 1, 0), none=True)

@@ -32,17 +32,11 @@ import torch
 
 from fastvar.atomic import atomic_write_bytes, atomic_write_json
 from fastvar.export.artifact import ExportOptions, export
-from fastvar.family import for_artifact, for_model
+from fastvar.family import artifact_geometry, artifact_schedule, default_cfg, for_artifact, for_model, text_channels
 from fastvar.manifest import Artifact
+from fastvar.runtime.backends import open_backend
 from fastvar.runtime.chain import generate
 from fastvar.runtime.flops import step_macs
-from fastvar.runtime.generate import (
-    artifact_geometry,
-    artifact_schedule,
-    default_cfg,
-    open_backend,
-    text_channels,
-)
 from fastvar.runtime.io import load_text_embeddings
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")

@@ -77,3 +77,13 @@ def load_text_embeddings(path: str | os.PathLike | None, batch: int, channels: i
         raise ValueError(f"--text-embeddings holds {text.shape[0]} prompts but --batch is {batch}")
     lengths = torch.full((batch,), text.shape[1], dtype=torch.long)
     return text, lengths
+
+
+def write_outputs(res, out: str, save_tokens: str | None, save_logits: str | None) -> list:
+    """The image(s), and the token and logit archives when asked: every run writes them the same way."""
+    paths = write_images(res.images, out)
+    if save_tokens:
+        write_npz(save_tokens, res.tokens)
+    if save_logits:
+        write_npz(save_logits, res.logits)
+    return paths

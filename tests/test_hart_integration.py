@@ -22,10 +22,11 @@ from fastvar.export.models.hart_checkpoint import (
 from fastvar.export.models.hart_config import preset
 from fastvar.export.models.hart_sampling import draw_noise
 from fastvar.export.schedules import hart_prune_plan, hart_schedule
+from fastvar.family import artifact_geometry, artifact_schedule
 from fastvar.manifest import Artifact
+from fastvar.runtime.backends import open_backend
 from fastvar.runtime.backends.hart_torch import HARTTorchBackend
 from fastvar.runtime.chain import HARTGeometry, generate
-from fastvar.runtime.generate import artifact_geometry, artifact_schedule, open_backend
 from fastvar.runtime.io import load_text_embeddings
 from fastvar.runtime.parity import logit_errors
 from fastvar.validate.run import validate

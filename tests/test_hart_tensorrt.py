@@ -34,8 +34,8 @@ def art_dir(hart_graphs, tmp_path):
 
 
 def _generate(be, art, seed=0, force=None):
+    from fastvar.family import artifact_geometry, artifact_schedule
     from fastvar.runtime.chain import generate
-    from fastvar.runtime.generate import artifact_geometry, artifact_schedule
 
     text = torch.randn(1, 7, 1536, generator=torch.Generator().manual_seed(2))
     return generate(be, artifact_schedule(art), art.plan(), artifact_geometry(art, more_smooth=False), text,
@@ -63,8 +63,8 @@ def test_hart_graphs_pass_the_check_and_build_with_the_fused_plugin(fake_tensorr
 
 def test_hart_tensorrt_chain_equals_onnxruntime_and_repeats_exactly(fake_tensorrt, art_dir):
     from fastvar.manifest import Artifact
+    from fastvar.runtime.backends import open_backend
     from fastvar.runtime.backends.tensorrt import TensorRTBackend
-    from fastvar.runtime.generate import open_backend
 
     trt = fake_tensorrt
     build_fake_engines(art_dir)

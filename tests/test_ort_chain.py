@@ -13,9 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 from fastvar.export.schedules import scale_schedule
+from fastvar.family import artifact_geometry
 from fastvar.manifest import Artifact
+from fastvar.runtime.backends import open_backend
 from fastvar.runtime.chain import generate
-from fastvar.runtime.generate import artifact_geometry, open_backend
 from fastvar.runtime.io import load_text_embeddings
 from fastvar.runtime.parity import kept_flips, logit_errors, psnr, token_agreement
 

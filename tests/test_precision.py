@@ -9,10 +9,11 @@ from conftest import export_tiny
 
 from fastvar.export.models.factory import build_pair
 from fastvar.export.schedules import scale_schedule
+from fastvar.family import artifact_geometry
 from fastvar.manifest import Artifact
+from fastvar.runtime.backends import reference_backend
 from fastvar.runtime.backends.torch_ref import TorchBackend
 from fastvar.runtime.chain import generate
-from fastvar.runtime.generate import artifact_geometry, reference_backend
 from fastvar.runtime.io import load_text_embeddings
 from fastvar.runtime.parity import kept_flips, logit_errors
 

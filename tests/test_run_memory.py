@@ -8,10 +8,11 @@ now at most about 130 MiB, within the plan's largest single graph."""
 import pytest
 import torch
 
+from fastvar.family import artifact_geometry, artifact_schedule
 from fastvar.manifest import Artifact
 from fastvar.runtime.backends import onnxruntime as ort_backend
+from fastvar.runtime.backends import open_backend
 from fastvar.runtime.chain import generate
-from fastvar.runtime.generate import artifact_geometry, artifact_schedule, open_backend
 from fastvar.runtime.io import load_text_embeddings
 
 MIB = 2**20

@@ -34,8 +34,8 @@ def art_dir(plugin_graphs, tmp_path):
 
 def _generate(be, art, seed=0, force=None):
     from fastvar.export.schedules import scale_schedule
+    from fastvar.family import artifact_geometry
     from fastvar.runtime.chain import generate
-    from fastvar.runtime.generate import artifact_geometry
 
     d = art.data
     text = torch.randn(1, 6, d["model"]["config"]["text_channels"], generator=torch.Generator().manual_seed(1))
@@ -97,8 +97,8 @@ def test_build_embeds_the_plugin_kernel_records_each_engine_and_rebuilds_only_wh
 
 def test_tensorrt_chain_equals_onnxruntime_and_repeats_exactly(fake_tensorrt, art_dir):
     from fastvar.manifest import Artifact
+    from fastvar.runtime.backends import open_backend
     from fastvar.runtime.backends.tensorrt import TensorRTBackend
-    from fastvar.runtime.generate import open_backend
 
     trt = fake_tensorrt
     build_fake_engines(art_dir)
@@ -196,7 +196,7 @@ def test_fastvar_build_check_only_and_bad_usage(art_dir):
 
 def test_tensorrt_backend_needs_engines_and_a_gpu(fake_tensorrt, art_dir):
     from fastvar.manifest import Artifact, ArtifactError
-    from fastvar.runtime.generate import open_backend
+    from fastvar.runtime.backends import open_backend
 
     with pytest.raises(ArtifactError, match="has no TensorRT engines: run fastvar-build"):
         open_backend(Artifact.load(art_dir), "tensorrt")

@@ -82,7 +82,7 @@ def _fake_tensorrt():
 
 
 def _backend(chain: str, art):
-    from fastvar.runtime.generate import open_backend
+    from fastvar.runtime.backends import open_backend
 
     if chain == "onnx-reference":
         from fastvar.runtime.backends.onnx_reference import OnnxReferenceBackend
@@ -101,9 +101,9 @@ def _backend(chain: str, art):
 
 
 def _runs(roots: dict[str, Path]) -> dict[str, dict[str, str]]:
+    from fastvar.family import artifact_geometry, artifact_schedule, default_cfg, text_channels
     from fastvar.manifest import Artifact
     from fastvar.runtime.chain import generate
-    from fastvar.runtime.generate import artifact_geometry, artifact_schedule, default_cfg, text_channels
 
     out = {}
     for name, root in roots.items():

@@ -21,17 +21,11 @@ import torch
 from fastvar import graph_names as gn
 from fastvar.atomic import atomic_write_bytes, atomic_write_json
 from fastvar.export.schedules import StepPlan
-from fastvar.family import for_artifact
+from fastvar.family import artifact_geometry, artifact_schedule, default_cfg, for_artifact, text_channels
 from fastvar.manifest import Artifact, ArtifactError, sha256_file
+from fastvar.runtime.backends import reference_backend
 from fastvar.runtime.backends.torch_ref import TorchBackend
 from fastvar.runtime.chain import generate
-from fastvar.runtime.generate import (
-    artifact_geometry,
-    artifact_schedule,
-    default_cfg,
-    reference_backend,
-    text_channels,
-)
 from fastvar.runtime.io import load_text_embeddings
 from fastvar.runtime.sampling import sample_bits
 

@@ -14,8 +14,8 @@ import torch
 from fastvar import graph_names as gn
 from fastvar.export.schedules import StepPlan
 from fastvar.manifest import Artifact
+from fastvar.runtime.backends import reference_backend
 from fastvar.runtime.backends.hart_torch import HARTTorchBackend, pad_text
-from fastvar.runtime.generate import reference_backend
 
 
 class HARTGoldenRecorder(HARTTorchBackend):

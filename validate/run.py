@@ -201,14 +201,9 @@ def _store(art: Artifact):
 
 def _end_to_end(art: Artifact, log: Callable[[str], None], engines=None) -> dict:
     """Teacher-forced logits per scale (gating), free-running token agreement and PSNR (reported)."""
+    from fastvar.family import artifact_geometry, artifact_schedule, default_cfg, text_channels
+    from fastvar.runtime.backends import open_backend
     from fastvar.runtime.chain import generate
-    from fastvar.runtime.generate import (
-        artifact_geometry,
-        artifact_schedule,
-        default_cfg,
-        open_backend,
-        text_channels,
-    )
     from fastvar.runtime.io import load_text_embeddings
     from fastvar.runtime.parity import kept_flips, logit_errors, psnr, token_agreement
 

@@ -10,8 +10,8 @@ from fastvar.family.base import ModelFamily, ResolvedExport, SamplingDefaults
 from fastvar.family.hart import HARTFamily
 from fastvar.family.infinity import InfinityFamily
 
-__all__ = ["ModelFamily", "ResolvedExport", "SamplingDefaults", "family", "for_artifact", "for_model", "names",
-           "register"]
+__all__ = ["ModelFamily", "ResolvedExport", "SamplingDefaults", "artifact_geometry", "artifact_schedule",
+           "default_cfg", "family", "for_artifact", "for_model", "names", "register", "text_channels"]
 
 _FAMILIES: dict[str, ModelFamily] = {}
 _FALLBACK = "infinity"  # model names no other family claims are Infinity's (its presets name the unknown)
@@ -49,3 +49,26 @@ def for_model(model: str) -> ModelFamily:
 def for_artifact(art) -> ModelFamily:
     """The family an artifact's manifest records (``model.family``; manifests without one are Infinity's)."""
     return family(art.data["model"].get("family", _FALLBACK))
+
+
+# ---- what an artifact's family says about it --------------------------------------------------------
+def artifact_schedule(art):
+    """The scale schedule an artifact was exported for."""
+    d = art.data
+    return for_artifact(art).schedule(d["model"]["config"], d["resolution"], d["aspect"])
+
+
+def artifact_geometry(art, more_smooth: bool = True):
+    """The generation loop's per-family object factory for an artifact."""
+    return for_artifact(art).geometry(art.data["model"]["config"], more_smooth)
+
+
+def text_channels(art) -> int:
+    """Channels of the text states the artifact's condition graph takes."""
+    return for_artifact(art).text_width(art.data["model"]["config"])
+
+
+def default_cfg(art) -> float:
+    """Upstream's inference default for the family (HART 4.5, Infinity 4), or the unguided value."""
+    s = for_artifact(art).sampling
+    return s.cfg if art.data["guidance"] else s.unguided_cfg

@@ -1,1 +1,61 @@
-"""Backends behind one small interface: ``start`` (per image), ``step`` (per scale), ``decode``."""
+"""Backends behind one small interface (``start``, ``step``, ``end_loop``, ``decode``), and the factory that
+opens the one an artifact runs on."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from fastvar.export.models.factory import build_pair
+from fastvar.family import artifact_schedule, for_artifact
+
+BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch")
+
+
+def open_backend(art, backend: str = "auto", device: str = "cpu"):
+    """The backend that runs an artifact; ``auto`` takes TensorRT engines when built and importable,
+    else ONNX Runtime. ``torch`` rebuilds the reference model from the source the manifest records."""
+    from fastvar.manifest import ArtifactError
+
+    if backend not in BACKEND_CHOICES:
+        raise ValueError(f"unknown backend {backend!r}; accepted: {', '.join(BACKEND_CHOICES)}")
+    if backend == "auto":
+        engines = art.data.get("engines") and importlib.util.find_spec("tensorrt") is not None
+        backend = "tensorrt" if engines else "onnxruntime"
+    if backend == "tensorrt":
+        if not art.data.get("engines"):
+            raise ArtifactError(f"{art.root} has no TensorRT engines: run fastvar-build {art.root} on the GPU machine "
+                                "(or use --backend onnxruntime or torch)")
+        if not torch.cuda.is_available():
+            raise ArtifactError("the TensorRT backend runs on a CUDA GPU and this machine has none; use --backend "
+                                "onnxruntime or torch here")
+        from fastvar.runtime.backends.tensorrt import TensorRTBackend
+
+        return TensorRTBackend(art, "cuda")
+    if backend == "onnxruntime":
+        from fastvar.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(art, device)
+    return reference_backend(art)
+
+
+def reference_backend(art):
+    """The PyTorch reference for an artifact: same source, precision, schedule and shapes."""
+    from fastvar.manifest import ArtifactError
+
+    d = art.data
+    src = d["model"]["source"]
+    parts = {k: v for k, v in src.items() if k != "kind"}
+    if src["kind"] == "checkpoint":
+        from fastvar.export.artifact import file_identity
+
+        for rec in parts.values():
+            if file_identity(rec["path"]) != rec:
+                raise ArtifactError(f"{rec['path']} changed since the export (size or modification time); "
+                                    "the torch backend would compare different weights. Re-run fastvar-export")
+        model, decoder = build_pair(d["model"]["name"], src["ckpt"]["path"], parts.get("vae", {}).get("path"), False,
+                                    None, 0, d["precision"])
+    else:
+        model, decoder = build_pair(src["preset"], None, None, True, src["depth"], src["seed"], d["precision"])
+    return for_artifact(art).reference_backend(model, decoder, artifact_schedule(art), art.plan())

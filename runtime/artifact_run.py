@@ -1,0 +1,72 @@
+"""``fastvar-run DIR``: generate with a compiled artifact on the backend it asks for, and report the memory."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from fastvar.family import artifact_geometry, artifact_schedule, default_cfg, for_artifact, text_channels
+from fastvar.runtime.backends import open_backend
+from fastvar.runtime.chain import generate
+from fastvar.runtime.io import load_text_embeddings, read_npz, write_json, write_outputs
+
+
+def memory_report(backend, manifest: dict) -> dict:
+    """The run's peak resident memory with the parts we can name, beside what the plan predicted."""
+    import resource
+
+    weights = getattr(backend, "weight_bytes", None)
+    if weights is None:
+        weights = sum(p.numel() * p.element_size() for p in backend.model.parameters())
+        weights += sum(p.numel() * p.element_size() for p in backend.vae.parameters())
+    plan = {it["name"]: it for it in manifest["memory_plan"]["items"]}
+    peak = plan.get("peak step activations", {"bytes": 0, "note": ""})
+    return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "weights_bytes": weights,
+            "kv_cache_bytes": backend.kv_bytes,
+            "planned_peak_activations_bytes": peak["bytes"], "planned_peak_note": peak["note"]}
+
+
+def run_artifact(root: str, out: str, backend: str = "auto", text_embeddings: str | None = None, seed: int = 0,
+                 cfg: float | None = None, tau: float | None = None, save_tokens: str | None = None,
+                 save_logits: str | None = None, force_tokens: str | None = None, timings: str | None = None,
+                 device: str = "cpu", more_smooth: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Generate with a compiled artifact (``fastvar-run DIR``); returns the timings report."""
+    from fastvar.manifest import Artifact
+
+    t0 = time.perf_counter()
+    art = Artifact.load(root)
+    art.verify()
+    d = art.data
+    if cfg is None:
+        cfg = default_cfg(art)
+    if tau is None:
+        tau = for_artifact(art).sampling.tau
+    geom = artifact_geometry(art, more_smooth)
+    unguided = f"{for_artifact(art).sampling.unguided_cfg:g}"
+    if geom.loop(artifact_schedule(art), tau).guided(cfg) != d["guidance"]:
+        from fastvar.manifest import ArtifactError
+
+        raise ArtifactError(f"{root} was exported " + (f"with classifier-free guidance: give a --cfg other than "
+                                                       f"{unguided}" if d["guidance"] else
+                                                       f"without guidance (--no-guidance): it runs with --cfg "
+                                                       f"{unguided} only"))
+    be = open_backend(art, backend, device)
+    sched = artifact_schedule(art)
+    text, lengths = load_text_embeddings(text_embeddings, d["batch"], text_channels(art),
+                                         default_len=min(16, d["text_len"]))
+    forced = read_npz(force_tokens) if force_tokens else None
+    load_s = time.perf_counter() - t0
+    res = generate(be, sched, art.plan(), geom, text, lengths, seed, cfg, tau,
+                   force_tokens=forced, keep_logits=save_logits is not None)
+    paths = write_outputs(res, out, save_tokens, save_logits)
+    report = {"backend": be.name, "load_s": load_s, **res.timings, "images": [str(p) for p in paths],
+              "memory": memory_report(be, d)}
+    if timings:
+        write_json(timings, report)
+    mem = report["memory"]
+    log(f"memory: peak RSS {mem['peak_rss_bytes'] / 2**30:.2f} GiB = weights {mem['weights_bytes'] / 2**30:.2f} + "
+        f"KV cache {mem['kv_cache_bytes'] / 2**30:.2f} + activations and runtime; planned peak step activations "
+        f"{mem['planned_peak_activations_bytes'] / 2**30:.2f} GiB ({mem['planned_peak_note']})")
+    log(f"{be.name}: loop {res.timings['loop_s']:.2f}s, decode {res.timings['decode_s']:.2f}s; per step: "
+        + ", ".join(f"{s['index']}:{s['seconds']:.3f}s" for s in res.timings["steps"]))
+    return report
