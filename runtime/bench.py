@@ -32,7 +32,15 @@ import torch
 
 from fastvar.atomic import atomic_write_bytes, atomic_write_json
 from fastvar.export.artifact import ExportOptions, export
-from fastvar.family import artifact_geometry, artifact_schedule, default_cfg, for_artifact, for_model, text_channels
+from fastvar.family import (
+    artifact_geometry,
+    artifact_schedule,
+    default_cfg,
+    default_tau,
+    for_artifact,
+    for_model,
+    text_channels,
+)
 from fastvar.manifest import Artifact
 from fastvar.runtime.backends import open_backend
 from fastvar.runtime.chain import generate
@@ -41,7 +49,6 @@ from fastvar.runtime.io import load_text_embeddings
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 DEFAULT_BACKENDS = ("onnxruntime", "torch")
-TAU = 0.5  # Infinity's sampling temperature (upstream's default); HART has none
 
 
 @dataclass
@@ -160,7 +167,7 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
                 c = Config(res, spec, backend, macs=sum(m.macs for m in macs), pixels=d["pixels"][0] * d["pixels"][1])
                 for r in range(opts.warmup + opts.runs):
                     g0 = be.graph_seconds(family.loop_graphs)
-                    out = generate(be, sched, plan, geom, *text, 0, guidance, TAU)
+                    out = generate(be, sched, plan, geom, *text, 0, guidance, default_tau(art))
                     if r < opts.warmup:
                         continue
                     t = out.timings

@@ -35,7 +35,7 @@ def scale_key(index: int) -> str:
 
 @torch.inference_mode()
 def generate(backend, sched: ScaleSchedule, plan: PrunePlan, geom: Geometry | HARTGeometry, text: torch.Tensor,
-             lengths: torch.Tensor, seed: int, cfg: float, tau: float,
+             lengths: torch.Tensor, seed: int, cfg: float, tau: float | None,
              force_tokens: dict[str, np.ndarray] | None = None, keep_logits: bool = False) -> GenerationResult:
     """Generate a batch of images; text (B, Lt, D) padded, lengths (B,)."""
     loop = geom.loop(sched, tau)

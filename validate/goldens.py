@@ -21,7 +21,7 @@ import torch
 from fastvar import graph_names as gn
 from fastvar.atomic import atomic_write_bytes, atomic_write_json
 from fastvar.export.schedules import StepPlan
-from fastvar.family import artifact_geometry, artifact_schedule, default_cfg, for_artifact, text_channels
+from fastvar.family import artifact_geometry, artifact_schedule, default_cfg, default_tau, for_artifact, text_channels
 from fastvar.manifest import Artifact, ArtifactError, sha256_file
 from fastvar.runtime.backends import reference_backend
 from fastvar.runtime.backends.torch_ref import TorchBackend
@@ -126,7 +126,7 @@ def write_goldens(art: Artifact, seed: int = 0, text_embeddings: str | None = No
         raise ArtifactError(f"the text has {text.shape[1]} tokens; the artifact's bucket holds {d['text_len']}")
     rec = for_artifact(art).golden_recorder(art, sink)
     generate(rec, artifact_schedule(art), art.plan(), artifact_geometry(art), text, lengths, seed, default_cfg(art),
-             0.5)
+             default_tau(art))
     missing = sorted(set(graphs) - set(index["graphs"]))
     if missing:
         raise ArtifactError(f"the reference run produced no goldens for {missing}")

@@ -11,7 +11,7 @@ from fastvar.family.hart import HARTFamily
 from fastvar.family.infinity import InfinityFamily
 
 __all__ = ["ModelFamily", "ResolvedExport", "SamplingDefaults", "artifact_geometry", "artifact_schedule",
-           "default_cfg", "family", "for_artifact", "for_model", "names", "register", "text_channels"]
+           "default_cfg", "default_tau", "family", "for_artifact", "for_model", "names", "register", "text_channels"]
 
 _FAMILIES: dict[str, ModelFamily] = {}
 _FALLBACK = "infinity"  # model names no other family claims are Infinity's (its presets name the unknown)
@@ -66,6 +66,11 @@ def artifact_geometry(art, more_smooth: bool = True):
 def text_channels(art) -> int:
     """Channels of the text states the artifact's condition graph takes."""
     return for_artifact(art).text_width(art.data["model"]["config"])
+
+
+def default_tau(art) -> float | None:
+    """Upstream's sampling temperature for the family (Infinity 0.5; None for a family without one)."""
+    return for_artifact(art).sampling.tau
 
 
 def default_cfg(art) -> float:
