@@ -18,6 +18,7 @@ def _run(model, vae, res, schedule, text, seed=0, cfg=3.0, tau=1.0, force=None, 
     sched = scale_schedule(res)
     plan = prune_plan(sched, schedule, model.cfg.depth)
     backend = TorchBackend(model, vae, sched, plan)
+    backend.keeps_state = True  # the tests read the KV cache after the run
     geom = Geometry(model.cfg.bits, model.cfg.vae.codebook_dim, model.cfg.spatial_patchify)
     lengths = torch.full((text.shape[0],), text.shape[1])
     res_ = generate(backend, sched, plan, geom, text, lengths, seed, cfg, tau, force_tokens=force, keep_logits=True)

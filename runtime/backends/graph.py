@@ -57,7 +57,9 @@ class GraphBackend(HARTGraphCalls):
     """The chain's backend over an artifact's graph sessions; subclasses open the sessions."""
 
     name: str
-    keeps_state = False  # True: the KV cache and buffers live as long as the backend (fixed addresses)
+    # True: the KV cache and buffers live as long as the backend (TensorRT's fixed addresses; tests that
+    # inspect the cache after a run set it too); False: ``end_loop`` frees them before the decoder runs
+    keeps_state = False
     host_values = False  # True: scalars and noise stay on the host; the session stages them onto the device
 
     def _setup(self, art: Artifact, device: torch.device, sessions: dict[str, GraphSession]) -> None:
