@@ -50,15 +50,15 @@ def tiny_artifacts(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-FAKE_TENSORRT = Path(__file__).resolve().parent / "fake_tensorrt"
+FAKE_TENSORRT = Path(__file__).resolve().parent / "support" / "fake_tensorrt"
 
 
 @pytest.fixture
 def fake_tensorrt():
-    """The CPU fake of ``tensorrt`` (tests/fake_tensorrt), freshly imported and isolated per test.
+    """The CPU fake of ``tensorrt`` (tests/support/fake_tensorrt), freshly imported and isolated per test.
 
-    Puts tests/fake_tensorrt first on sys.path, hides any imported ``tensorrt*`` modules, imports the fake and yields
-    it; afterwards empties its plugin registry and restores sys.path and sys.modules. A module that imported
+    Puts tests/support/fake_tensorrt first on sys.path, hides any imported ``tensorrt*`` modules, imports the fake
+    and yields it; afterwards empties its plugin registry and restores sys.path and sys.modules. A module that imported
     ``tensorrt`` at its top keeps the object it got: import it inside the test, after this fixture.
     """
     import importlib

@@ -1,4 +1,4 @@
-"""Faithfulness of the CPU fake of ``tensorrt`` (tests/fake_tensorrt) to the TensorRT 11.1 Python API.
+"""Faithfulness of the CPU fake of ``tensorrt`` (tests/support/fake_tensorrt) to the TensorRT 11.1 Python API.
 
 Every plugin here is defined inside its test, after the ``fake_tensorrt`` fixture has imported the fake. This
 module deliberately has no ``from __future__ import annotations``: ``tensorrt.plugin`` rejects string annotations.

@@ -6,12 +6,12 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from support.hart_generate import generate
 
 from fastvar.export.models import hart as hart_mod
 from fastvar.export.models.hart_checkpoint import build_random_hart, build_random_tokenizer
 from fastvar.export.models.hart_config import PATCH_NUMS_1024, preset
 from fastvar.export.models.hart_fastvar import HARTPruneStep, is_cache_step, plan, prune_step
-from fastvar.export.models.hart_generate import generate
 from fastvar.export.models.hart_sampling import cfg_weight, draw_noise
 
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from support import hart_generate
 
 from fastvar.cli import export_cmd, run_cmd
 from fastvar.export.artifact import ExportOptions, export, plan_memory
-from fastvar.export.models import hart_generate
 from fastvar.export.models.factory import build_pair
 from fastvar.export.models.hart_checkpoint import (
     build_random_hart,

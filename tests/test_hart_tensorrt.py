@@ -1,4 +1,4 @@
-"""HART through fastvar-build and the TensorRT backend, against the fake ``tensorrt`` (tests/fake_tensorrt): the
+"""HART through fastvar-build and the TensorRT backend, against the fake ``tensorrt`` (tests/support/fake_tensorrt): the
 graphs pass the static check, every engine is built with the FastVARRestoreAdd plugin where HART prunes, and the
 one chain runs condition, steps, next-input, diffusion and decoder engines with the same results as ONNX Runtime."""
 

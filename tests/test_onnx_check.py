@@ -9,7 +9,7 @@ import onnx
 import pytest
 from conftest import export_tiny
 from onnx import TensorProto, helper
-from onnx_check_models import (
+from support.onnx_check_models import (
     copy_graphs,
     empty_slice_model,
     insert_fp16_roundtrip,

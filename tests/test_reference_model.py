@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from upstream_mirror import mirror_logits
+from support.upstream_mirror import mirror_logits
 
 from fastvar.export.models import infinity as infinity_mod
 from fastvar.export.models.checkpoint import build_random_infinity, build_random_vae

@@ -1,4 +1,4 @@
-"""fastvar-build and the TensorRT backend, run against the fake ``tensorrt`` (tests/fake_tensorrt): the
+"""fastvar-build and the TensorRT backend, run against the fake ``tensorrt`` (tests/support/fake_tensorrt): the
 real code paths (parser with the plugin registered, AOT kernels, timing cache, records, staleness, address
 binding of weights and KV slices, the chain) execute on the CPU; the fake runs each engine's ONNX graph
 with ONNX Runtime and refuses what TensorRT refuses (unset or overlapping addresses, foreign plans)."""

@@ -70,10 +70,7 @@ def _export(work: Path) -> dict[str, Path]:
 
 
 def _fake_tensorrt():
-    for where in (REPO / "tests" / "support" / "fake_tensorrt", REPO / "tests" / "fake_tensorrt"):
-        if where.is_dir():
-            sys.path.insert(0, str(where))
-            break
+    sys.path.insert(0, str(REPO / "tests" / "support" / "fake_tensorrt"))
     sys.path.insert(0, str(REPO / "tests"))
     import tensorrt
     from conftest import build_fake_engines, ort_with_restore  # noqa: F401 (the tests' own helpers)
