@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from fastvar.family import artifact_geometry, artifact_schedule, default_cfg, for_artifact, text_channels
+from fastvar.family import artifact_geometry, artifact_sampling, artifact_schedule, for_artifact, text_channels
 from fastvar.runtime.backends import open_backend
 from fastvar.runtime.chain import generate
 from fastvar.runtime.io import load_text_embeddings, read_npz, write_json, write_outputs
@@ -37,13 +37,10 @@ def run_artifact(root: str, out: str, backend: str = "auto", text_embeddings: st
     art = Artifact.load(root)
     art.verify()
     d = art.data
-    if cfg is None:
-        cfg = default_cfg(art)
-    if tau is None:
-        tau = for_artifact(art).sampling.tau
-    geom = artifact_geometry(art, more_smooth)
+    settings = artifact_sampling(art, seed, cfg, tau, more_smooth)
+    geom = artifact_geometry(art)
     unguided = f"{for_artifact(art).sampling.unguided_cfg:g}"
-    if geom.loop(artifact_schedule(art), tau).guided(cfg) != d["guidance"]:
+    if geom.loop(artifact_schedule(art), settings).guided(settings.cfg) != d["guidance"]:
         from fastvar.manifest import ArtifactError
 
         raise ArtifactError(f"{root} was exported " + (f"with classifier-free guidance: give a --cfg other than "
@@ -56,8 +53,8 @@ def run_artifact(root: str, out: str, backend: str = "auto", text_embeddings: st
                                          default_len=min(16, d["text_len"]))
     forced = read_npz(force_tokens) if force_tokens else None
     load_s = time.perf_counter() - t0
-    res = generate(be, sched, art.plan(), geom, text, lengths, seed, cfg, tau,
-                   force_tokens=forced, keep_logits=save_logits is not None)
+    res = generate(be, sched, art.plan(), geom, text, lengths, settings, force_tokens=forced,
+                   keep_logits=save_logits is not None)
     paths = write_outputs(res, out, save_tokens, save_logits)
     report = {"backend": be.name, "load_s": load_s, **res.timings, "images": [str(p) for p in paths],
               "memory": memory_report(be, d)}

@@ -34,9 +34,8 @@ from fastvar.atomic import atomic_write_bytes, atomic_write_json
 from fastvar.export.artifact import ExportOptions, export
 from fastvar.family import (
     artifact_geometry,
+    artifact_sampling,
     artifact_schedule,
-    default_cfg,
-    default_tau,
     for_artifact,
     for_model,
     text_channels,
@@ -160,14 +159,14 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
             text = load_text_embeddings(None, d["batch"], text_channels(art), default_len=min(16, d["text_len"]))
             rows = 2 * d["batch"] if d["guidance"] else d["batch"]
             macs = step_macs(model_config(art), plan, rows, d["batch"], d["text_len"])
-            guidance = default_cfg(art)
+            settings = artifact_sampling(art)
             for backend in opts.backends:
                 _reset_peak_rss()
                 be = open_backend(engine_art if backend == "tensorrt" else art, backend, _device(backend))
                 c = Config(res, spec, backend, macs=sum(m.macs for m in macs), pixels=d["pixels"][0] * d["pixels"][1])
                 for r in range(opts.warmup + opts.runs):
                     g0 = be.graph_seconds(family.loop_graphs)
-                    out = generate(be, sched, plan, geom, *text, 0, guidance, default_tau(art))
+                    out = generate(be, sched, plan, geom, *text, settings)
                     if r < opts.warmup:
                         continue
                     t = out.timings

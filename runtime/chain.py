@@ -7,8 +7,6 @@ timings, so neither backends nor families can drift apart in them.
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,9 +14,11 @@ import torch
 
 from fastvar.export.models.bsq_vae import to_uint8_image
 from fastvar.export.schedules import PrunePlan, ScaleSchedule
+from fastvar.runtime.clock import CudaClock, HostClock, clock_for
 from fastvar.runtime.loop import Geometry, HARTGeometry
+from fastvar.sampling import SamplingSettings
 
-__all__ = ["Geometry", "HARTGeometry", "GenerationResult", "generate", "scale_key"]
+__all__ = ["Geometry", "HARTGeometry", "GenerationResult", "SamplingSettings", "generate", "scale_key"]
 
 
 @dataclass
@@ -35,22 +35,26 @@ def scale_key(index: int) -> str:
 
 @torch.inference_mode()
 def generate(backend, sched: ScaleSchedule, plan: PrunePlan, geom: Geometry | HARTGeometry, text: torch.Tensor,
-             lengths: torch.Tensor, seed: int, cfg: float, tau: float | None,
-             force_tokens: dict[str, np.ndarray] | None = None, keep_logits: bool = False) -> GenerationResult:
-    """Generate a batch of images; text (B, Lt, D) padded, lengths (B,)."""
-    loop = geom.loop(sched, tau)
-    if not math.isfinite(cfg):
-        raise ValueError(f"cfg must be a finite number, got {cfg}")
+             lengths: torch.Tensor, settings: SamplingSettings, force_tokens: dict[str, np.ndarray] | None = None,
+             keep_logits: bool = False, clock: HostClock | CudaClock | None = None) -> GenerationResult:
+    """Generate a batch of images; text (B, Lt, D) padded, lengths (B,), one row of ``settings`` per image.
+
+    ``clock`` times the loop, each step and the decoder (default: CUDA events on the backend's stream on a
+    GPU, host time on a CPU); the timings are read after the image, so timing adds no wait between steps."""
     batch = text.shape[0]
-    noise = loop.draw(seed, batch)  # an input fixed by the seed: drawn before the timed loop
-    t_start = time.perf_counter()
+    if settings.batch != batch:
+        raise ValueError(f"the sampling settings have {settings.batch} rows, the text {batch}")
+    loop = geom.loop(sched, settings)
+    cfg = settings.cfg
+    clock = clock or clock_for(backend)
+    noise = loop.draw(settings.seeds)  # inputs fixed by the seeds: drawn before the timed loop
+    t_start = clock.mark()
     backend.start(text, lengths, cfg_active=loop.guided(cfg))
+    marks = [clock.mark()]  # the end of the conditioning, then of each step
     last_exec = plan.executed[-1].index
-    steps_t = []
     tokens: dict[str, torch.Tensor] = {}
     logits_kept: dict[str, torch.Tensor] = {}
     for st in plan.executed:
-        t0 = time.perf_counter()
         logits, sampled = loop.step(backend, st, noise, cfg, write_kv=st.index != last_exec)
         key = scale_key(st.index)
         drawn = loop.sample(logits, sampled, st, noise)
@@ -60,18 +64,19 @@ def generate(backend, sched: ScaleSchedule, plan: PrunePlan, geom: Geometry | HA
         if keep_logits:
             logits_kept[key] = logits.float().clone()
         loop.advance(backend, st, drawn, noise, cfg)
-        steps_t.append({"index": st.index, "seconds": time.perf_counter() - t0})
-    state = loop.state
-    if state.device.type == "cuda":
-        torch.cuda.synchronize(state.device)  # steps only queue work on a GPU: loop_s is the time they took
-    t_dec = time.perf_counter()
+        marks.append(clock.mark())
+    t_dec = marks[-1]
     del noise, logits, sampled, drawn
     loop.end_loop()
     backend.end_loop()  # the decoder needs none of the loop's state: its peak is not added to theirs
     image = loop.decode(backend)
+    t_end = clock.mark()
+    clock.wait()
     result = GenerationResult(images=to_uint8_image(image))
     result.tokens = {k: t.cpu().numpy() for k, t in tokens.items()}
     result.logits = {k: t.cpu().numpy() for k, t in logits_kept.items()}
-    t_end = time.perf_counter()
-    result.timings = {"loop_s": t_dec - t_start, "decode_s": t_end - t_dec, "steps": steps_t}
+    steps_t = [{"index": st.index, "seconds": clock.seconds(a, b)}
+               for st, a, b in zip(plan.executed, marks[:-1], marks[1:], strict=True)]
+    result.timings = {"loop_s": clock.seconds(t_start, t_dec), "decode_s": clock.seconds(t_dec, t_end),
+                      "steps": steps_t}
     return result

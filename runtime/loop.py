@@ -7,6 +7,9 @@ noise, what state is fed back to the next step, and how the final state is decod
 * Infinity: bits per token; the summed (upsampled) codes are the state; one guidance scale and a τ.
 * HART: codebook indices; the state is ``f_hat`` (Φ-corrected residual sum) and the next scale's
   input; the guidance weight ramps per step; the last step adds the diffusion head's residual.
+
+Noise is drawn row by row from each row's seed (``SamplingSettings``) and stacked, so an image does not
+depend on what else is in its batch.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from fastvar.export.models.bsq_vae import bits_to_codes, next_input, upsample_co
 from fastvar.export.models.hart_sampling import (
     HARTNoise,
     cfg_weight,
+    concat_noise,
     filter_logits,
     guidance_ratio,
     gumbel_soft_embedding,
@@ -32,6 +36,8 @@ from fastvar.export.models.hart_sampling import (
 )
 from fastvar.export.schedules import ScaleSchedule, StepPlan
 from fastvar.runtime.sampling import draw_noise, sample_bits
+from fastvar.runtime.step_call import StepCall
+from fastvar.sampling import SamplingSettings
 
 
 @dataclass
@@ -45,8 +51,8 @@ class Geometry:
     def vae_hw(self, h: int, w: int) -> tuple[int, int]:
         return (2 * h, 2 * w) if self.patchify else (h, w)
 
-    def loop(self, sched: ScaleSchedule, tau: float) -> InfinityLoop:
-        return InfinityLoop(self, sched, tau)
+    def loop(self, sched: ScaleSchedule, settings: SamplingSettings) -> InfinityLoop:
+        return InfinityLoop(self, sched, settings.tau)
 
 
 @dataclass
@@ -57,23 +63,22 @@ class HARTGeometry:
     vocab: int
     cvae: int
     diff_steps: int
-    more_smooth: bool = True
     top_p: float = 0.0
 
     @property
     def final_side(self) -> int:
         return self.patch_nums[-1]
 
-    def loop(self, sched: ScaleSchedule, tau: float) -> HARTLoop:
-        return HARTLoop(self)
+    def loop(self, sched: ScaleSchedule, settings: SamplingSettings) -> HARTLoop:
+        return HARTLoop(self, settings.more_smooth)
 
 
 class InfinityLoop:
     token_name = "bits"
 
-    def __init__(self, geom: Geometry, sched: ScaleSchedule, tau: float) -> None:
-        if not math.isfinite(tau) or tau <= 0:
-            raise ValueError(f"tau must be a finite number > 0, got {tau}")
+    def __init__(self, geom: Geometry, sched: ScaleSchedule, tau: float | None) -> None:
+        if tau is None or not math.isfinite(tau) or tau <= 0:
+            raise ValueError(f"tau must be a finite number > 0 (Infinity samples with a temperature), got {tau}")
         self.geom, self.sched, self.tau = geom, sched, tau
         last = sched.scales[-1]
         self.final_hw = geom.vae_hw(last.h, last.w)
@@ -83,13 +88,15 @@ class InfinityLoop:
     def guided(cfg: float) -> bool:
         return cfg != 1
 
-    def draw(self, seed: int, batch: int) -> list[torch.Tensor]:
-        return draw_noise(seed, [s.tokens for s in self.sched.scales], batch, self.geom.bits)
+    def draw(self, seeds: tuple[int, ...]) -> list[torch.Tensor]:
+        counts = [s.tokens for s in self.sched.scales]
+        rows = [draw_noise(seed, counts, 1, self.geom.bits) for seed in seeds]
+        return [torch.cat(per_scale) for per_scale in zip(*rows, strict=True)]
 
     def step(self, backend, st: StepPlan, noise, cfg: float, write_kv: bool):
         g = self.geom
         codes_in = None if st.index == 0 else next_input(self.summed, g.vae_hw(st.h, st.w), g.patchify)
-        return backend.step(st, codes_in, cfg, 1.0 / self.tau, write_kv=write_kv, noise=noise[st.index])
+        return backend.step(st, StepCall(codes_in, cfg, write_kv, inv_tau=1.0 / self.tau, noise=noise[st.index]))
 
     def sample(self, logits: torch.Tensor, sampled: torch.Tensor | None, st: StepPlan, noise) -> torch.Tensor:
         if sampled is None:  # a backend without in-graph sampling: the same rule, here
@@ -124,8 +131,8 @@ class InfinityLoop:
 class HARTLoop:
     token_name = "codebook indices"
 
-    def __init__(self, geom: HARTGeometry) -> None:
-        self.geom = geom
+    def __init__(self, geom: HARTGeometry, more_smooth: bool) -> None:
+        self.geom, self.more_smooth = geom, more_smooth
         self.f_hat: torch.Tensor | None = None
         self.x_in: torch.Tensor | None = None
         self.filtered: torch.Tensor | None = None
@@ -136,8 +143,8 @@ class HARTLoop:
         """HART's weight is cfg * ratio: cfg 0 is the unguided model (upstream always guides)."""
         return cfg != 0
 
-    def draw(self, seed: int, batch: int):
-        return hart_draw_noise(seed, self.geom, batch, smooth=self.geom.more_smooth)
+    def draw(self, seeds: tuple[int, ...]) -> HARTNoise:
+        return concat_noise([hart_draw_noise(seed, self.geom, 1, smooth=self.more_smooth) for seed in seeds])
 
     def weight(self, cfg: float, si: int) -> float:
         return cfg_weight(cfg, si, len(self.geom.patch_nums))
@@ -148,7 +155,7 @@ class HARTLoop:
             self.f_hat = torch.zeros(backend.batch, self.geom.cvae, p, p, device=backend.device)
             self.x_in = None
             self.noise = noise.to(self.f_hat.device)
-        return backend.step(st, self.x_in, self.weight(cfg, st.index), 1.0, write_kv=write_kv)
+        return backend.step(st, StepCall(self.x_in, self.weight(cfg, st.index), write_kv))
 
     def sample(self, logits: torch.Tensor, sampled: torch.Tensor | None, st: StepPlan, noise) -> torch.Tensor:
         self.filtered = filter_logits(logits, top_k_for(st.index), self.geom.top_p)
@@ -171,7 +178,7 @@ class HARTLoop:
         b = tokens.shape[0]
         codebook = backend.codebook
         idx = tokens.view(b, -1).long().to(codebook.device)
-        if self.geom.more_smooth:
+        if self.more_smooth:
             h = gumbel_soft_embedding(self.filtered, guidance_ratio(si, steps), self.noise.gumbel[si], codebook)
         else:
             h = codebook[idx].float()

@@ -10,6 +10,7 @@ from fastvar.export.models.factory import ModelOptions, build_pair
 from fastvar.family import for_model
 from fastvar.runtime.chain import generate
 from fastvar.runtime.io import load_text_embeddings, read_npz, write_json, write_outputs
+from fastvar.sampling import SamplingSettings
 
 
 @dataclass
@@ -38,10 +39,9 @@ def run_reference(opts: RunOptions, out: str, save_tokens: str | None = None, sa
     load_s = time.perf_counter() - t0
     log(fam.describe(cfg, sched, plan))
     backend = fam.reference_backend(model, decoder, sched, plan)
-    guidance = fam.sampling.cfg if opts.cfg is None else opts.cfg
-    tau = fam.sampling.tau if opts.tau is None else opts.tau
-    res = generate(backend, sched, plan, fam.geometry(cfg.to_dict(), opts.more_smooth), text, lengths, opts.seed,
-                   guidance, tau, force_tokens=forced, keep_logits=save_logits is not None)
+    settings = SamplingSettings.for_batch(fam.sampling, text.shape[0], opts.seed, opts.cfg, opts.tau, opts.more_smooth)
+    res = generate(backend, sched, plan, fam.geometry(cfg.to_dict()), text, lengths, settings, force_tokens=forced,
+                   keep_logits=save_logits is not None)
     paths = write_outputs(res, out, save_tokens, save_logits)
     report = {"load_s": load_s, **res.timings, "images": [str(p) for p in paths]}
     if timings:

@@ -26,7 +26,7 @@ from fastvar.family import artifact_geometry, artifact_schedule
 from fastvar.manifest import Artifact
 from fastvar.runtime.backends import open_backend
 from fastvar.runtime.backends.hart_torch import HARTTorchBackend
-from fastvar.runtime.chain import HARTGeometry, generate
+from fastvar.runtime.chain import HARTGeometry, SamplingSettings, generate
 from fastvar.runtime.io import load_text_embeddings
 from fastvar.runtime.parity import logit_errors
 from fastvar.validate.run import validate
@@ -74,10 +74,11 @@ def test_the_issue_command_gives_14_steps_keeping_1152_and_1024(hart_artifact):
 def test_teacher_forced_logits_of_onnxruntime_match_torch(backends, seed):
     art, ref_be, ort_be = backends
     sched, plan = artifact_schedule(art), art.plan()
-    geom = artifact_geometry(art, more_smooth=False)
+    geom = artifact_geometry(art)
     text, lengths = load_text_embeddings(None, 1, 1536)
-    ref = generate(ref_be, sched, plan, geom, text, lengths, seed, 4.5, 1.0, keep_logits=True)
-    forced = generate(ort_be, sched, plan, geom, text, lengths, seed, 4.5, 1.0, force_tokens=ref.tokens,
+    settings = SamplingSettings.uniform(1, seed, 4.5, None, more_smooth=False)
+    ref = generate(ref_be, sched, plan, geom, text, lengths, settings, keep_logits=True)
+    forced = generate(ort_be, sched, plan, geom, text, lengths, settings, force_tokens=ref.tokens,
                       keep_logits=True)
     assert ref.tokens["scale_13"].shape == (1, 64, 64) and ref.tokens["scale_13"].dtype == np.int32
     assert ref.logits["scale_00"].shape == (1, 1, 64) and ref.logits["scale_13"].shape == (1, 4096, 64)
@@ -142,8 +143,8 @@ def test_chain_with_the_torch_backend_is_the_reference_generation():
     plan = hart_prune_plan(sched, "none", cfg.depth, cfg.context_tokens)
     text = torch.randn(1, 12, 1536, generator=torch.Generator().manual_seed(4))
     geom = HARTGeometry(cfg.patch_nums, cfg.vocab, cfg.cvae, cfg.diff_steps)
-    res = generate(HARTTorchBackend(model, tok, plan), sched, plan, geom, text, torch.tensor([12]), 9, 4.5, 1.0,
-                   keep_logits=True)
+    res = generate(HARTTorchBackend(model, tok, plan), sched, plan, geom, text, torch.tensor([12]),
+                   SamplingSettings.uniform(1, 9, 4.5, None), keep_logits=True)
     ctx = torch.zeros(1, 300, 1536)
     ctx[:, :12] = text
     mask = torch.arange(300)[None] < 12

@@ -35,11 +35,12 @@ def art_dir(hart_graphs, tmp_path):
 
 def _generate(be, art, seed=0, force=None):
     from fastvar.family import artifact_geometry, artifact_schedule
-    from fastvar.runtime.chain import generate
+    from fastvar.runtime.chain import SamplingSettings, generate
 
     text = torch.randn(1, 7, 1536, generator=torch.Generator().manual_seed(2))
-    return generate(be, artifact_schedule(art), art.plan(), artifact_geometry(art, more_smooth=False), text,
-                    torch.tensor([7]), seed, 4.5, 1.0, force_tokens=force, keep_logits=True)
+    return generate(be, artifact_schedule(art), art.plan(), artifact_geometry(art), text, torch.tensor([7]),
+                    SamplingSettings.uniform(1, seed, 4.5, None, more_smooth=False), force_tokens=force,
+                    keep_logits=True)
 
 
 def test_hart_graphs_pass_the_check_and_build_with_the_fused_plugin(fake_tensorrt, art_dir):

@@ -16,7 +16,7 @@ from fastvar.export.schedules import scale_schedule
 from fastvar.family import artifact_geometry
 from fastvar.manifest import Artifact
 from fastvar.runtime.backends import open_backend
-from fastvar.runtime.chain import generate
+from fastvar.runtime.chain import SamplingSettings, generate
 from fastvar.runtime.io import load_text_embeddings
 from fastvar.runtime.parity import kept_flips, logit_errors, psnr, token_agreement
 
@@ -27,8 +27,8 @@ def _generate(art, backend, seed, force=None, text=None):
     if text is None:
         text = load_text_embeddings(None, d["batch"], d["model"]["config"]["text_channels"])
     be = backend if not isinstance(backend, str) else open_backend(art, backend)
-    res = generate(be, sched, art.plan(), artifact_geometry(art), *text, seed, 4.0, 0.5, force_tokens=force,
-                   keep_logits=True)
+    settings = SamplingSettings.uniform(text[0].shape[0], seed, 4.0, 0.5)
+    res = generate(be, sched, art.plan(), artifact_geometry(art), *text, settings, force_tokens=force, keep_logits=True)
     return res, be
 
 

@@ -13,7 +13,7 @@ from fastvar.family import artifact_geometry
 from fastvar.manifest import Artifact
 from fastvar.runtime.backends import reference_backend
 from fastvar.runtime.backends.torch_ref import TorchBackend
-from fastvar.runtime.chain import generate
+from fastvar.runtime.chain import SamplingSettings, generate
 from fastvar.runtime.io import load_text_embeddings
 from fastvar.runtime.parity import kept_flips, logit_errors
 
@@ -57,8 +57,9 @@ def test_bf16_graphs_match_the_bf16_reference_under_onnx_reference(bf16_artifact
     sched, plan, geom = scale_schedule(d["resolution"], d["aspect"]), art.plan(), artifact_geometry(art)
     text = load_text_embeddings(None, 1, d["model"]["config"]["text_channels"], default_len=8)
     ref_be, got_be = reference_backend(art), OnnxReferenceBackend(art)
-    ref = generate(ref_be, sched, plan, geom, *text, 0, 4.0, 0.5, keep_logits=True)
-    got = generate(got_be, sched, plan, geom, *text, 0, 4.0, 0.5, force_tokens=ref.tokens, keep_logits=True)
+    settings = SamplingSettings.uniform(1, 0, 4.0, 0.5)
+    ref = generate(ref_be, sched, plan, geom, *text, settings, keep_logits=True)
+    got = generate(got_be, sched, plan, geom, *text, settings, force_tokens=ref.tokens, keep_logits=True)
     # The contract compares outside positions whose kept/pruned status flipped: in bf16 a score near the
     # K boundary lands on either side, and a flipped token's output is a different computation.
     tokens = {s["index"]: s["tokens"] for s in d["scales"]}
@@ -72,7 +73,7 @@ def test_bf16_graphs_match_the_bf16_reference_under_onnx_reference(bf16_artifact
     # between the fp32 and bf16 references on the same weights and tokens (a misplaced cast, an overflow
     # or a wrong op lands far outside that band).
     fp32 = TorchBackend(*build_pair("infinity-tiny", random_init=True, precision="fp32"), sched, plan)
-    f32 = generate(fp32, sched, plan, geom, *text, 0, 4.0, 0.5, force_tokens=ref.tokens, keep_logits=True)
+    f32 = generate(fp32, sched, plan, geom, *text, settings, force_tokens=ref.tokens, keep_logits=True)
     gap = logit_errors(ref.logits, f32.logits, flipped)
     print("fp32 vs bf16 reference:", {k: f"{e:.1e}" for k, e in gap.items()})
     assert max(errors.values()) <= 2 * max(gap.values())

@@ -11,7 +11,7 @@ from fastvar.export.models.infinity import Infinity
 from fastvar.export.models.infinity_config import VAEConfig, preset
 from fastvar.export.schedules import prune_plan, scale_schedule
 from fastvar.runtime.backends.torch_ref import TorchBackend
-from fastvar.runtime.chain import Geometry, generate
+from fastvar.runtime.chain import Geometry, SamplingSettings, generate
 
 
 @pytest.mark.parametrize("name,values,keys", [
@@ -51,7 +51,7 @@ def test_tiny_patchified_model_generates():
     sched = scale_schedule(256)
     plan = prune_plan(sched, "none", cfg.depth)
     out = generate(TorchBackend(model, dec, sched, plan), sched, plan, Geometry(cfg.bits, 4, True),
-                   torch.randn(1, 5, 2048), torch.tensor([5]), 0, 4.0, 1.0)
+                   torch.randn(1, 5, 2048), torch.tensor([5]), SamplingSettings.uniform(1, 0, 4.0, 1.0))
     assert out.images.shape == (1, 256, 256, 3)
     assert out.tokens["scale_06"].shape == (1, 16, 16, 16)
 

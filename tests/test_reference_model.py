@@ -10,7 +10,7 @@ from fastvar.export.models.checkpoint import build_random_infinity, build_random
 from fastvar.export.models.infinity_config import preset
 from fastvar.export.schedules import prune_plan, scale_schedule
 from fastvar.runtime.backends.torch_ref import TorchBackend
-from fastvar.runtime.chain import Geometry, generate
+from fastvar.runtime.chain import Geometry, SamplingSettings, generate
 from fastvar.runtime.kv_cache import block_cache_lengths
 
 
@@ -21,7 +21,8 @@ def _run(model, vae, res, schedule, text, seed=0, cfg=3.0, tau=1.0, force=None, 
     backend.keeps_state = True  # the tests read the KV cache after the run
     geom = Geometry(model.cfg.bits, model.cfg.vae.codebook_dim, model.cfg.spatial_patchify)
     lengths = torch.full((text.shape[0],), text.shape[1])
-    res_ = generate(backend, sched, plan, geom, text, lengths, seed, cfg, tau, force_tokens=force, keep_logits=True)
+    res_ = generate(backend, sched, plan, geom, text, lengths, SamplingSettings.uniform(text.shape[0], seed, cfg, tau),
+                    force_tokens=force, keep_logits=True)
     return res_, backend, plan
 
 

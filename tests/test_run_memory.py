@@ -12,7 +12,7 @@ from fastvar.family import artifact_geometry, artifact_schedule
 from fastvar.manifest import Artifact
 from fastvar.runtime.backends import onnxruntime as ort_backend
 from fastvar.runtime.backends import open_backend
-from fastvar.runtime.chain import generate
+from fastvar.runtime.chain import SamplingSettings, generate
 from fastvar.runtime.io import load_text_embeddings
 
 MIB = 2**20
@@ -27,7 +27,8 @@ def _rss() -> int:
 def _image(be, art):
     text, lengths = load_text_embeddings(None, art.data["batch"], art.data["model"]["config"]["text_channels"],
                                          default_len=16)
-    return generate(be, artifact_schedule(art), art.plan(), artifact_geometry(art), text, lengths, 0, 4.0, 0.5)
+    return generate(be, artifact_schedule(art), art.plan(), artifact_geometry(art), text, lengths,
+                    SamplingSettings.uniform(text.shape[0], 0, 4.0, 0.5))
 
 
 @pytest.mark.slow

@@ -35,12 +35,13 @@ def art_dir(plugin_graphs, tmp_path):
 def _generate(be, art, seed=0, force=None):
     from fastvar.export.schedules import scale_schedule
     from fastvar.family import artifact_geometry
-    from fastvar.runtime.chain import generate
+    from fastvar.runtime.chain import SamplingSettings, generate
 
     d = art.data
     text = torch.randn(1, 6, d["model"]["config"]["text_channels"], generator=torch.Generator().manual_seed(1))
     return generate(be, scale_schedule(d["resolution"], d["aspect"]), art.plan(), artifact_geometry(art), text,
-                    torch.tensor([6]), seed, 4.0, 0.5, force_tokens=force, keep_logits=True)
+                    torch.tensor([6]), SamplingSettings.uniform(1, seed, 4.0, 0.5), force_tokens=force,
+                    keep_logits=True)
 
 
 def test_build_embeds_the_plugin_kernel_records_each_engine_and_rebuilds_only_what_is_stale(fake_tensorrt, art_dir):

@@ -559,33 +559,19 @@ def build_model(cfg, seed: int, precision: str, device: str):
 
 
 class _Run:
-    """One generation through the runtime's chain loop, timed with the device synchronised around it and
-    at the start of the VAE decode (the chain's own loop_s is host time once steps stop syncing)."""
+    """One generation through the runtime's chain loop, wall time with the device synchronised around it; the
+    loop and decode times are the chain's own (CUDA events on a GPU)."""
 
     def __init__(self, backend, device: str) -> None:
         self.backend, self.device = backend, device
-        self.decode_start = 0.0
-        self.decode_s = 0.0
-        inner = backend.decode
-
-        def decode(summed):
-            _sync(device)
-            self.decode_start = time.perf_counter()
-            image = inner(summed)
-            _sync(device)
-            self.decode_s = time.perf_counter() - self.decode_start
-            return image
-
-        backend.decode = decode
 
     def __call__(self, gen: Callable, keep_logits: bool = False) -> tuple[object, dict]:
         _sync(self.device)
         t0 = time.perf_counter()
         out = gen(self.backend, keep_logits)
         _sync(self.device)
-        wall = time.perf_counter() - t0
-        return out, {"wall_s": wall, "loop_s": self.decode_start - t0, "decode_s": self.decode_s,
-                     "chain_loop_s": out.timings["loop_s"]}
+        return out, {"wall_s": time.perf_counter() - t0, "loop_s": out.timings["loop_s"],
+                     "decode_s": out.timings["decode_s"]}
 
 
 def _tokens_equal(a, b) -> bool:
@@ -666,7 +652,7 @@ def time_schedule(ctx: Context, spec: str, backend, gen: Callable, macs: int, ex
     device = ctx.device
     runner = _Run(backend, device)
     if device == "cuda":
-        gc.collect()  # earlier backends sit in reference cycles (_Run patches their decode): free them first
+        gc.collect()  # earlier backends may sit in reference cycles: free them first
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     a = ctx.args
@@ -694,9 +680,8 @@ def time_schedule(ctx: Context, spec: str, backend, gen: Callable, macs: int, ex
     row = {"runs": len(timed), "warmup_s": warm_s, "seconds_per_image": wall,
            "wall_s": [t["wall_s"] for t in timed], "loop_median_s": loop,
            "decode_median_s": _median([t["decode_s"] for t in timed]),
-           "chain_loop_median_s": _median([t["chain_loop_s"] for t in timed]),
            "steps_median_s": {str(k): _median(v) for k, v in sorted(steps.items())},
-           "steps_note": "the chain's per-step host times (not synchronised on CUDA)",
+           "steps_note": "the chain's per-step times (CUDA events on a GPU)",
            "executed_steps": executed, "gmacs": macs / 1e9,
            "achieved_tflops_loop": 2 * macs / loop / 1e12 if loop > 0 else None,
            "kv_cache_bytes": backend.kv_bytes,
@@ -747,7 +732,7 @@ def section_speedup(ctx: Context) -> dict:
     from fastvar.export.schedules import prune_plan, scale_schedule
     from fastvar.runtime.backends import torch_ref
     from fastvar.runtime.backends.torch_ref import TorchBackend
-    from fastvar.runtime.chain import Geometry, generate
+    from fastvar.runtime.chain import Geometry, SamplingSettings, generate
     from fastvar.runtime.flops import step_macs
     from fastvar.runtime.io import load_text_embeddings
 
@@ -775,13 +760,14 @@ def section_speedup(ctx: Context) -> dict:
     geom = Geometry(bits=cfg.bits, codebook_dim=cfg.vae.codebook_dim, patchify=cfg.spatial_patchify)
     text, lengths = load_text_embeddings(None, 1, cfg.text_channels)
     gen_args = {"seed": 0, "cfg": 4.0, "tau": 0.5}
+    settings = SamplingSettings.uniform(1, **gen_args)
     res.update(text_len=int(text.shape[1]), **gen_args)
 
     block_range = (0, 1) if device == "cpu" and ctx.quick else None  # interpreter time: one block in CI
     checked = prune_plan(sched, "fastvar", cfg.depth, block_range=block_range)
 
     def gen_checked(be, keep_logits):
-        return generate(be, sched, checked, geom, text, lengths, keep_logits=keep_logits, **gen_args)
+        return generate(be, sched, checked, geom, text, lengths, settings, keep_logits=keep_logits)
 
     def patch(fn):
         return mock.patch.object(torch_ref, "PruneStep", functools.partial(PruneStep, restore=fn))
@@ -795,7 +781,7 @@ def section_speedup(ctx: Context) -> dict:
         plan = prune_plan(sched, spec, cfg.depth)
 
         def gen(be, keep_logits):
-            return generate(be, sched, plan, geom, text, lengths, keep_logits=keep_logits, **gen_args)
+            return generate(be, sched, plan, geom, text, lengths, settings, keep_logits=keep_logits)
 
         macs = sum(m.macs for m in step_macs(cfg, plan, 2, 1, int(text.shape[1])))
         return TorchBackend(model, vae, sched, plan), gen, macs, len(plan.executed)
@@ -824,7 +810,7 @@ def section_hart(ctx: Context) -> dict:
     from fastvar.export.schedules import hart_prune_plan, hart_schedule
     from fastvar.family import family
     from fastvar.runtime.backends import hart_torch
-    from fastvar.runtime.chain import generate
+    from fastvar.runtime.chain import SamplingSettings, generate
     from fastvar.runtime.flops import step_macs
     from fastvar.runtime.io import load_text_embeddings
 
@@ -846,13 +832,14 @@ def section_hart(ctx: Context) -> dict:
     sched = hart_schedule(cfg.patch_nums)
     geom = family("hart").geometry(cfg.to_dict())
     text, lengths = load_text_embeddings(None, 1, cfg.context_dim)
-    gen_args = {"seed": 0, "cfg": 4.5, "tau": 1.0}
+    gen_args = {"seed": 0, "cfg": 4.5, "tau": None}
+    settings = SamplingSettings.uniform(1, **gen_args)
     res.update(text_len=int(text.shape[1]), **gen_args)
     plans = {spec: hart_prune_plan(sched, spec, cfg.depth, cfg.context_tokens) for spec in ("none", "fastvar")}
 
     def gen_for(plan):
-        return lambda be, keep_logits: generate(be, sched, plan, geom, text, lengths, keep_logits=keep_logits,
-                                                **gen_args)
+        return lambda be, keep_logits: generate(be, sched, plan, geom, text, lengths, settings,
+                                                keep_logits=keep_logits)
 
     def patch(fn):
         return mock.patch.object(hart_torch, "HARTPruneStep", functools.partial(HARTPruneStep, restore=fn))

@@ -1,9 +1,10 @@
 """Goldens: every graph's inputs and outputs, recorded from the PyTorch reference during a real generation.
 
-The recorder is the torch backend itself, seen through the graphs' interface: before each call it names
-the state it is about to use as the graph's inputs (padded text, conditioning, the KV prefix, restore
-caches, noise), after it the results as the graph's outputs. So pruned steps see real token maps and
-real kept indices, not random tensors. Each graph gets ``NAME.inputs.npz`` and ``NAME.outputs.npz``
+The reference runs through the graphs' interface (``TorchGraphBackend``: each graph's own traced module,
+run eagerly, chained by the one graph backend), and every session is wrapped by a ``RecordingSession``
+that names what it was fed and what it returned. One recorder serves every graph kind of every family, and
+pruned steps see real token maps and real kept indices, not random tensors; a step's run also records its
+validation variant (its kept indices as inputs). Each graph gets ``NAME.inputs.npz`` and ``NAME.outputs.npz``
 (weights are not copied: loaders read them from the artifact's store), a Polygraphy ``RunResults`` JSON
 of the outputs when small enough, and one data-loader script for ``polygraphy run``.
 """
@@ -20,14 +21,13 @@ import torch
 
 from fastvar import graph_names as gn
 from fastvar.atomic import atomic_write_bytes, atomic_write_json
-from fastvar.export.schedules import StepPlan
-from fastvar.family import artifact_geometry, artifact_schedule, default_cfg, default_tau, for_artifact, text_channels
+from fastvar.family import artifact_geometry, artifact_sampling, artifact_schedule, text_channels
 from fastvar.manifest import Artifact, ArtifactError, sha256_file
-from fastvar.runtime.backends import reference_backend
-from fastvar.runtime.backends.torch_ref import TorchBackend
+from fastvar.runtime.backends import reference_models
+from fastvar.runtime.backends.graph import GraphSession
+from fastvar.runtime.backends.torch_graphs import TorchGraphBackend
 from fastvar.runtime.chain import generate
 from fastvar.runtime.io import load_text_embeddings
-from fastvar.runtime.sampling import sample_bits
 
 GOLDENS = "goldens"
 INDEX = "index.json"
@@ -40,64 +40,25 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return (t.float() if t.dtype == torch.bfloat16 else t).numpy().copy()
 
 
-class GoldenRecorder(TorchBackend):
-    """The torch backend, recording each call under the names of the graph it corresponds to."""
+class RecordingSession:
+    """A session that hands each run's inputs and outputs to ``sink`` under its graph's name, as it runs."""
 
-    def __init__(self, art: Artifact, sink: Callable[[str, dict, dict], None]) -> None:
-        ref = reference_backend(art)
-        super().__init__(ref.model, ref.vae, ref.sched, ref.plan)
-        self.art, self.sink = art, sink
-        self.text_len = art.data["text_len"]
-        self.last_exec = self.plan.executed[-1].index
+    def __init__(self, inner: GraphSession, sink: Callable[[str, dict, dict], None]) -> None:
+        self.inner, self.sink = inner, sink
+        self.fed: dict[str, torch.Tensor] = {}
 
-    def start(self, text: torch.Tensor, lengths: torch.Tensor, cfg_active: bool) -> None:
-        b, lt, d = text.shape
-        padded = torch.zeros((b, self.text_len, d), dtype=torch.float32)
-        padded[:, :lt] = text
-        super().start(padded, lengths, cfg_active)
-        c = self.cond
-        outs = {gn.SOS: c.sos, gn.GSS: c.gss, gn.HEAD_SCALE: c.head_scale, gn.HEAD_SHIFT: c.head_shift,
-                gn.TEXT_MASK: c.text_mask}
-        for i, (k, v) in enumerate(zip(c.ca_k, c.ca_v, strict=True)):
-            outs[gn.ca_k(i)], outs[gn.ca_v(i)] = k, v
-        self.sink(gn.CONDITION_GRAPH, {gn.TEXT: padded, gn.TEXT_LENGTHS: lengths.to(torch.int64)}, outs)
+    def __getattr__(self, attr: str):
+        return getattr(self.inner, attr)
 
-    def step(self, st: StepPlan, codes_in: torch.Tensor | None, cfg: float, inv_tau: float, write_kv: bool,
-             noise: torch.Tensor | None = None):
-        depth, c = self.model.cfg.depth, self.cond
-        feeds = {gn.GSS: c.gss, gn.HEAD_SCALE: c.head_scale, gn.HEAD_SHIFT: c.head_shift, gn.TEXT_MASK: c.text_mask,
-                 gn.INV_TAU: torch.tensor(inv_tau), gn.CFG_SCALE: torch.tensor(cfg), gn.NOISE: noise}
-        feeds.update({gn.SOS: c.sos} if st.index == 0 else {gn.CODES: codes_in.float()})
-        for i in range(depth):
-            feeds[gn.ca_k(i)], feeds[gn.ca_v(i)] = c.ca_k[i], c.ca_v[i]
-            past_k, past_v = self.kv.past(i)
-            if past_k.shape[0]:
-                feeds[gn.past_k(i)], feeds[gn.past_v(i)] = past_k.clone(), past_v.clone()
-            if st.pruned and self.plan.block_pruned(i):
-                for sub, t in zip(gn.INFINITY_SUBLAYERS, self.restore_caches[i], strict=True):
-                    feeds[gn.cache(sub, i)] = t
-        logits, _ = super().step(st, codes_in, cfg, inv_tau, write_kv, noise)
-        out = self.last_output
-        outs = {gn.LOGITS: logits, gn.BITS: sample_bits(logits, noise)}
-        if st.index != self.last_exec:
-            for i in range(depth):
-                outs[gn.new_k(i)], outs[gn.new_v(i)] = out.new_k[i], out.new_v[i]
-        if out.caches is not None:
-            for i in range(depth):
-                if self.plan.block_pruned(i):
-                    for sub, t in zip(gn.INFINITY_SUBLAYERS, out.caches[i], strict=True):
-                        outs[gn.cache(sub, i)] = t
-        kept = {k: torch.from_numpy(v) for k, v in self.kept_sets.get(st.index, {}).items()}
-        name = gn.step_graph(st.index)
-        self.sink(name, feeds, {**outs, **kept})
-        if kept:
-            self.sink(gn.validate_graph(st.index), {**feeds, **kept}, outs)
-        return logits, None
+    def feed(self, name: str, t: torch.Tensor) -> None:
+        self.fed[name] = t
+        self.inner.feed(name, t)
 
-    def decode(self, summed: torch.Tensor) -> torch.Tensor:
-        image = super().decode(summed)
-        self.sink(gn.DECODER_GRAPH, {gn.CODES: summed.float()}, {gn.IMAGE: image})
-        return image
+    def run(self) -> dict[str, torch.Tensor]:
+        out = self.inner.run()
+        self.sink(self.inner.name, self.fed, out)
+        self.fed = {}
+        return out
 
 
 def write_goldens(art: Artifact, seed: int = 0, text_embeddings: str | None = None,
@@ -107,9 +68,7 @@ def write_goldens(art: Artifact, seed: int = 0, text_embeddings: str | None = No
     graphs = art.data["graphs"]
     index: dict = {"seed": seed, "runner": REFERENCE_RUNNER, "graphs": {}}
 
-    def sink(name: str, feeds: dict, outs: dict) -> None:
-        if name not in graphs:
-            return
+    def record(name: str, feeds: dict, outs: dict) -> None:
         g = graphs[name]
         ins = {t["name"]: _np(feeds[t["name"]]) for t in g["inputs"]}
         res = {t["name"]: _np(outs[t["name"]]) for t in g["outputs"]}
@@ -119,14 +78,23 @@ def write_goldens(art: Artifact, seed: int = 0, text_embeddings: str | None = No
             files["outputs_json"] = _write_run_results(root / f"{name}.outputs.json", res)
         index["graphs"][name] = {"key": g["key"], "files": {k: _record(art.root, p) for k, p in files.items()}}
 
+    def sink(name: str, feeds: dict, outs: dict) -> None:
+        """A step's run also gives its validation variant's goldens: the kept indices it chose become inputs."""
+        record(name, feeds, outs)
+        step = graphs[name].get("step")
+        variant = gn.validate_graph(step) if step is not None and graphs[name]["kind"] == "step" else None
+        if variant in graphs:
+            kept = {n: t for n, t in outs.items() if gn.is_kept(n)}
+            record(variant, {**feeds, **kept}, {n: t for n, t in outs.items() if n not in kept})
+
     d = art.data
     text, lengths = load_text_embeddings(text_embeddings, d["batch"], text_channels(art),
                                           default_len=min(16, d["text_len"]))
     if text.shape[1] > d["text_len"]:
         raise ArtifactError(f"the text has {text.shape[1]} tokens; the artifact's bucket holds {d['text_len']}")
-    rec = for_artifact(art).golden_recorder(art, sink)
-    generate(rec, artifact_schedule(art), art.plan(), artifact_geometry(art), text, lengths, seed, default_cfg(art),
-             default_tau(art))
+    recorder = TorchGraphBackend(art, *reference_models(art), wrap=lambda s: RecordingSession(s, sink))
+    generate(recorder, artifact_schedule(art), art.plan(), artifact_geometry(art), text, lengths,
+             artifact_sampling(art, seed))
     missing = sorted(set(graphs) - set(index["graphs"]))
     if missing:
         raise ArtifactError(f"the reference run produced no goldens for {missing}")

@@ -201,7 +201,7 @@ def _store(art: Artifact):
 
 def _end_to_end(art: Artifact, log: Callable[[str], None], engines=None) -> dict:
     """Teacher-forced logits per scale (gating), free-running token agreement and PSNR (reported)."""
-    from fastvar.family import artifact_geometry, artifact_schedule, default_cfg, default_tau, text_channels
+    from fastvar.family import artifact_geometry, artifact_sampling, artifact_schedule, text_channels
     from fastvar.runtime.backends import open_backend
     from fastvar.runtime.chain import generate
     from fastvar.runtime.io import load_text_embeddings
@@ -210,14 +210,14 @@ def _end_to_end(art: Artifact, log: Callable[[str], None], engines=None) -> dict
     d = art.data
     # HART's Gumbel-soft feedback follows each side's own logits, not the forced indices: teacher forcing
     # compares identical inputs only with the codebook rows fed back (docs/design/hart.md)
-    sched, plan, geom = artifact_schedule(art), art.plan(), artifact_geometry(art, more_smooth=False)
+    sched, plan, geom = artifact_schedule(art), art.plan(), artifact_geometry(art)
     text = load_text_embeddings(None, d["batch"], text_channels(art), default_len=min(16, d["text_len"]))
-    cfg, tau = default_cfg(art), default_tau(art)
+    settings = artifact_sampling(art, more_smooth=False)
     ref_be = open_backend(art, "torch")
     ort_be = engines if engines is not None else open_backend(art, "onnxruntime")
-    ref = generate(ref_be, sched, plan, geom, *text, 0, cfg, tau, keep_logits=True)
-    free = generate(ort_be, sched, plan, geom, *text, 0, cfg, tau, keep_logits=True)
-    forced = generate(ort_be, sched, plan, geom, *text, 0, cfg, tau, force_tokens=ref.tokens, keep_logits=True)
+    ref = generate(ref_be, sched, plan, geom, *text, settings, keep_logits=True)
+    free = generate(ort_be, sched, plan, geom, *text, settings, keep_logits=True)
+    forced = generate(ort_be, sched, plan, geom, *text, settings, force_tokens=ref.tokens, keep_logits=True)
     tokens = {s["index"]: s["tokens"] for s in d["scales"]}
     flipped, overlap = kept_flips(ref_be.kept_sets, ort_be.kept_sets, tokens)
     errors = logit_errors(ref.logits, forced.logits, flipped)

@@ -102,6 +102,13 @@ class HARTNoise:
                          diffusion=move(self.diffusion))
 
 
+def concat_noise(rows: list[HARTNoise]) -> HARTNoise:
+    """Rows drawn one by one stacked into one batch (the diffusion normals are row-major: B * L_last)."""
+    gumbel = None if rows[0].gumbel is None else [torch.cat(ts) for ts in zip(*(r.gumbel for r in rows), strict=True)]
+    return HARTNoise(tokens=[torch.cat(ts) for ts in zip(*(r.tokens for r in rows), strict=True)], gumbel=gumbel,
+                     diffusion=torch.cat([r.diffusion for r in rows], dim=1))
+
+
 def draw_noise(seed: int, cfg: HARTConfig, batch: int, smooth: bool = True) -> HARTNoise:
     """All draws from one seeded CPU generator, per step in order (token counts 1, pn^2, ...)."""
     g = torch.Generator().manual_seed(int(seed))

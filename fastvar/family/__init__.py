@@ -9,9 +9,10 @@ from __future__ import annotations
 from fastvar.family.base import ModelFamily, ResolvedExport, SamplingDefaults
 from fastvar.family.hart import HARTFamily
 from fastvar.family.infinity import InfinityFamily
+from fastvar.sampling import SamplingSettings
 
 __all__ = ["ModelFamily", "ResolvedExport", "SamplingDefaults", "artifact_geometry", "artifact_schedule",
-           "default_cfg", "default_tau", "family", "for_artifact", "for_model", "names", "register", "text_channels"]
+           "family", "for_artifact", "for_model", "names", "register", "text_channels"]
 
 _FAMILIES: dict[str, ModelFamily] = {}
 _FALLBACK = "infinity"  # model names no other family claims are Infinity's (its presets name the unknown)
@@ -58,9 +59,9 @@ def artifact_schedule(art):
     return for_artifact(art).schedule(d["model"]["config"], d["resolution"], d["aspect"])
 
 
-def artifact_geometry(art, more_smooth: bool = True):
+def artifact_geometry(art):
     """The generation loop's per-family object factory for an artifact."""
-    return for_artifact(art).geometry(art.data["model"]["config"], more_smooth)
+    return for_artifact(art).geometry(art.data["model"]["config"])
 
 
 def text_channels(art) -> int:
@@ -68,12 +69,9 @@ def text_channels(art) -> int:
     return for_artifact(art).text_width(art.data["model"]["config"])
 
 
-def default_tau(art) -> float | None:
-    """Upstream's sampling temperature for the family (Infinity 0.5; None for a family without one)."""
-    return for_artifact(art).sampling.tau
-
-
-def default_cfg(art) -> float:
-    """Upstream's inference default for the family (HART 4.5, Infinity 4), or the unguided value."""
-    s = for_artifact(art).sampling
-    return s.cfg if art.data["guidance"] else s.unguided_cfg
+def artifact_sampling(art, seed: int = 0, cfg: float | None = None, tau: float | None = None,
+                      more_smooth: bool = True) -> SamplingSettings:
+    """One row of sampling settings per image of the artifact's batch, the family's defaults where not given
+    (guidance on or off as exported)."""
+    return SamplingSettings.for_batch(for_artifact(art).sampling, art.data["batch"], seed, cfg, tau, more_smooth,
+                                      guided=art.data["guidance"])

@@ -2,25 +2,17 @@
 
 A family owns its presets and model builder (random weights or upstream checkpoints), its scale schedule
 and FastVAR plan, its graph list and memory plan, the object the generation loop drives, its text width
-and encoder, its default sampling settings, its PyTorch reference backend, its golden recorder and how its
+and encoder, its default sampling settings, its PyTorch reference backend and how its
 step graphs are fed. Export, runtime, validation, the benchmark and the CLI call these methods; none of them
 asks which family it holds. Heavy modules are imported inside the methods, so listing families is cheap.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-
-@dataclass(frozen=True)
-class SamplingDefaults:
-    """Upstream's inference defaults for a family, and the guidance value that means "no guidance"."""
-
-    cfg: float
-    unguided_cfg: float
-    tau: float | None  # None: the family samples without a temperature
+from fastvar.sampling import SamplingDefaults
 
 
 @dataclass(frozen=True)
@@ -107,7 +99,7 @@ class ModelFamily:
         """The scale schedule of a resolution and aspect (for a model with manifest config ``cfg``)."""
         raise NotImplementedError
 
-    def geometry(self, cfg: dict, more_smooth: bool = True):
+    def geometry(self, cfg: dict):
         """The generation loop's per-family object factory (``runtime.loop``)."""
         raise NotImplementedError
 
@@ -115,12 +107,8 @@ class ModelFamily:
         """The PyTorch reference backend over a built model."""
         raise NotImplementedError
 
-    def golden_recorder(self, art, sink: Callable[[str, dict, dict], None]):
-        """A reference backend that records every graph's inputs and outputs into ``sink``."""
-        raise NotImplementedError
-
-    def step_feeds(self, graph: str, inputs: dict, cond: dict, kv, caches: dict, index: int, codes_in, cfg: float,
-                   inv_tau: float, noise, device, values_device) -> dict:
+    def step_feeds(self, graph: str, inputs: dict, cond: dict, kv, caches: dict, index: int, call, device,
+                   values_device) -> dict:
         """Every non-weight input of one step graph, for the graph backends."""
         raise NotImplementedError
 

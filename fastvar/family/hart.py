@@ -134,30 +134,24 @@ class HARTFamily(ModelFamily):
 
         return hart_schedule(tuple(cfg["patch_nums"]), resolution, aspect)
 
-    def geometry(self, cfg, more_smooth=True):
+    def geometry(self, cfg):
         from fastvar.runtime.loop import HARTGeometry
 
         return HARTGeometry(patch_nums=tuple(cfg["patch_nums"]), vocab=cfg["vocab"], cvae=cfg["cvae"],
-                            diff_steps=cfg["diff_steps"], more_smooth=more_smooth)
+                            diff_steps=cfg["diff_steps"])
 
     def reference_backend(self, model, decoder, sched, plan):
         from fastvar.runtime.backends.hart_torch import HARTTorchBackend
 
         return HARTTorchBackend(model, decoder, plan)
 
-    def golden_recorder(self, art, sink):
-        from fastvar.validate.hart_goldens import HARTGoldenRecorder
-
-        return HARTGoldenRecorder(art, sink)
-
-    def step_feeds(self, graph, inputs, cond, kv, caches, index, codes_in, cfg, inv_tau, noise, device,
-                   values_device):
+    def step_feeds(self, graph, inputs, cond, kv, caches, index, call, device, values_device):
         from fastvar import graph_names as gn
         from fastvar.runtime.backends.feeds import named_feeds
 
-        given = {gn.CFG_SCALE: torch.tensor(cfg, dtype=torch.float32, device=values_device)}
-        if codes_in is not None:
-            given[gn.X_IN] = codes_in.to(device, torch.float32).contiguous()
+        given = {gn.CFG_SCALE: torch.tensor(call.cfg_scale, dtype=torch.float32, device=values_device)}
+        if call.state is not None:
+            given[gn.X_IN] = call.state.to(device, torch.float32).contiguous()
         return named_feeds(graph, inputs, given, cond, kv, caches)
 
     def describe(self, cfg, sched, plan):

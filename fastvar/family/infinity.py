@@ -120,7 +120,7 @@ class InfinityFamily(ModelFamily):
 
         return scale_schedule(resolution, aspect)
 
-    def geometry(self, cfg, more_smooth=True):
+    def geometry(self, cfg):
         from fastvar.runtime.loop import Geometry
 
         return Geometry(bits=cfg["bits"], codebook_dim=cfg["vae"]["codebook_dim"], patchify=cfg["spatial_patchify"])
@@ -130,16 +130,10 @@ class InfinityFamily(ModelFamily):
 
         return TorchBackend(model, decoder, sched, plan)
 
-    def golden_recorder(self, art, sink):
-        from fastvar.validate.goldens import GoldenRecorder
-
-        return GoldenRecorder(art, sink)
-
-    def step_feeds(self, graph, inputs, cond, kv, caches, index, codes_in, cfg, inv_tau, noise, device,
-                   values_device):
+    def step_feeds(self, graph, inputs, cond, kv, caches, index, call, device, values_device):
         from fastvar.runtime.backends.feeds import role_feeds
 
-        return role_feeds(inputs, cond, kv, caches, index, codes_in, cfg, inv_tau, noise, device, values_device)
+        return role_feeds(inputs, cond, kv, caches, index, call, device, values_device)
 
     def describe(self, cfg, sched, plan):
         h_px, w_px = sched.pixels

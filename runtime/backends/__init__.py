@@ -42,6 +42,12 @@ def open_backend(art, backend: str = "auto", device: str = "cpu"):
 
 def reference_backend(art):
     """The PyTorch reference for an artifact: same source, precision, schedule and shapes."""
+    return for_artifact(art).reference_backend(*reference_models(art), artifact_schedule(art), art.plan())
+
+
+def reference_models(art) -> tuple:
+    """(transformer, decoder) the artifact was exported from, rebuilt: the checkpoint files it records (refused
+    when they changed since) or the preset's random weights, at the artifact's precision."""
     from fastvar.manifest import ArtifactError
 
     d = art.data
@@ -54,8 +60,6 @@ def reference_backend(art):
             if file_identity(rec["path"]) != rec:
                 raise ArtifactError(f"{rec['path']} changed since the export (size or modification time); "
                                     "the torch backend would compare different weights. Re-run fastvar-export")
-        model, decoder = build_pair(d["model"]["name"], src["ckpt"]["path"], parts.get("vae", {}).get("path"), False,
-                                    None, 0, d["precision"])
-    else:
-        model, decoder = build_pair(src["preset"], None, None, True, src["depth"], src["seed"], d["precision"])
-    return for_artifact(art).reference_backend(model, decoder, artifact_schedule(art), art.plan())
+        return build_pair(d["model"]["name"], src["ckpt"]["path"], parts.get("vae", {}).get("path"), False, None, 0,
+                          d["precision"])
+    return build_pair(src["preset"], None, None, True, src["depth"], src["seed"], d["precision"])

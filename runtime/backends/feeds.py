@@ -13,36 +13,36 @@ from fastvar import graph_names as gn
 from fastvar.export.graphs import TORCH_DTYPES
 from fastvar.manifest import Artifact, ArtifactError
 from fastvar.runtime.kv_cache import KVCache
+from fastvar.runtime.step_call import StepCall
 
 CONDITION_FEEDS = (gn.GSS, gn.HEAD_SCALE, gn.HEAD_SHIFT, gn.TEXT_MASK)
 
 
 def step_feeds(family, graph: str, inputs: dict, cond: dict[str, torch.Tensor], kv: KVCache,
-               caches: dict[str, torch.Tensor], index: int, codes_in: torch.Tensor | None, cfg: float, inv_tau: float,
-               noise: torch.Tensor | None, device: torch.device, host_values: bool = False) -> dict[str, torch.Tensor]:
+               caches: dict[str, torch.Tensor], index: int, call: StepCall, device: torch.device,
+               host_values: bool = False) -> dict[str, torch.Tensor]:
     """Every input of one step graph (``inputs``: its name -> spec table), weights excepted, as the model
     family feeds it (Infinity by role, ``role_feeds``; HART by name, ``named_feeds``).
 
     ``host_values``: leave the scalars and the noise on the host (a backend that stages them into device
     buffers asynchronously; creating them on a GPU here would wait for the stream)."""
     values = torch.device("cpu") if host_values else device
-    return family.step_feeds(graph, inputs, cond, kv, caches, index, codes_in, cfg, inv_tau, noise, device, values)
+    return family.step_feeds(graph, inputs, cond, kv, caches, index, call, device, values)
 
 
 def role_feeds(inputs: dict, cond: dict[str, torch.Tensor], kv: KVCache, caches: dict[str, torch.Tensor], index: int,
-               codes_in: torch.Tensor | None, cfg: float, inv_tau: float, noise: torch.Tensor | None,
-               device: torch.device, values: torch.device) -> dict[str, torch.Tensor]:
+               call: StepCall, device: torch.device, values: torch.device) -> dict[str, torch.Tensor]:
     """Infinity's step inputs: the conditioning, ``sos`` or ``codes``, τ and the noise of the in-graph sampling,
     cross-attention K/V, past K/V and restore caches; scalars and noise on ``values``."""
     feeds = {name: cond[name] for name in CONDITION_FEEDS}
-    feeds[gn.INV_TAU] = torch.tensor(inv_tau, dtype=torch.float32, device=values)
-    feeds[gn.NOISE] = noise.to(values, torch.float32).contiguous()
+    feeds[gn.INV_TAU] = torch.tensor(call.inv_tau, dtype=torch.float32, device=values)
+    feeds[gn.NOISE] = call.noise.to(values, torch.float32).contiguous()
     if gn.CFG_SCALE in inputs:
-        feeds[gn.CFG_SCALE] = torch.tensor(cfg, dtype=torch.float32, device=values)
+        feeds[gn.CFG_SCALE] = torch.tensor(call.cfg_scale, dtype=torch.float32, device=values)
     if index == 0:
         feeds[gn.SOS] = cond[gn.SOS]
     else:
-        feeds[gn.CODES] = codes_in.to(device, torch.float32).contiguous()
+        feeds[gn.CODES] = call.state.to(device, torch.float32).contiguous()
     for name in inputs:
         if gn.is_cross_kv(name):
             feeds[name] = cond[name]

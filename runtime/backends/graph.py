@@ -23,6 +23,7 @@ from fastvar.manifest import Artifact, ArtifactError
 from fastvar.runtime.backends.feeds import kv_dtype, padded_text, step_feeds
 from fastvar.runtime.backends.hart_calls import HARTGraphCalls
 from fastvar.runtime.kv_cache import KVCache
+from fastvar.runtime.step_call import StepCall
 
 
 class GraphSession(Protocol):
@@ -107,16 +108,16 @@ class GraphBackend(HARTGraphCalls):
         self.kv.length = [0] * self.depth
         self.caches, self._kept = {}, {}
 
-    def step(self, st: StepPlan, codes_in: torch.Tensor | None, cfg: float, inv_tau: float,
-             write_kv: bool, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits, and the bits sampled in the graph from ``noise`` (Infinity; HART samples in the loop: None).
-        New K/V are written where the graph has them (the last step has none), whatever ``write_kv`` says."""
+    def step(self, st: StepPlan, call: StepCall) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits, and the bits sampled in the graph from ``call.noise`` (Infinity; HART samples in the loop:
+        None). New K/V are written where the graph has them (the last step has none), whatever
+        ``call.write_kv`` says."""
         s = self.sessions.get(gn.step_graph(st.index))
         if s is None:
             raise ArtifactError(f"{self.art.root} has no graph for step {st.index}")
         with self.on_stream():
-            feeds = step_feeds(self.family, s.name, s.inputs, self.cond, self.kv, self.caches, st.index, codes_in,
-                               cfg, inv_tau, noise, self.device, host_values=self.host_values)
+            feeds = step_feeds(self.family, s.name, s.inputs, self.cond, self.kv, self.caches, st.index, call,
+                               self.device, host_values=self.host_values)
             for name, t in feeds.items():
                 s.feed(name, t)
             written = {}

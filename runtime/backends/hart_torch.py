@@ -9,11 +9,12 @@ import numpy as np
 import torch
 
 from fastvar import graph_names as gn
-from fastvar.export.models.hart import HART, HARTConditioning, HARTStepOutput
+from fastvar.export.models.hart import HART, HARTConditioning
 from fastvar.export.models.hart_fastvar import HARTPruneStep
 from fastvar.export.models.hart_tokenizer import HARTTokenizer
 from fastvar.export.schedules import PrunePlan, StepPlan
 from fastvar.runtime.kv_cache import KVCache
+from fastvar.runtime.step_call import StepCall
 
 
 def pad_text(text: torch.Tensor, lengths: torch.Tensor, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +44,6 @@ class HARTTorchBackend:
         self.restore_caches: list | None = None
         self.hidden: torch.Tensor | None = None  # the last step's hidden states (the diffusion head reads them)
         self.kept_sets: dict[int, dict[str, np.ndarray]] = {}
-        self.last_output: HARTStepOutput | None = None
         # time inside the model per graph kind, as the ONNX Runtime backend keeps it (benchmarks)
         self.seconds = {"condition": 0.0, "step": 0.0, "diffusion": 0.0, "next_input": 0.0, "decoder": 0.0}
 
@@ -74,8 +74,7 @@ class HARTTorchBackend:
         self.kv_bytes = self.kv.nbytes
         self.restore_caches, self.hidden, self.kept_sets = None, None, {}
 
-    def step(self, st: StepPlan, x_in: torch.Tensor | None, weight: float, inv_tau: float, write_kv: bool,
-             noise: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+    def step(self, st: StepPlan, call: StepCall) -> tuple[torch.Tensor, None]:
         """CFG-mixed logits of one step; sampling is the loop's."""
         m, plan = self.model, self.plan
         depth = m.cfg.depth
@@ -84,19 +83,19 @@ class HARTTorchBackend:
         if st.pruned:
             prune = HARTPruneStep(kept=st.kept, hw=(st.h, st.w), cache_hw=plan.cache_hw, block_range=plan.block_range)
         t0 = time.perf_counter()
-        out = m.step(st.index, x_in, self.cond, [p[0] if p[0].shape[0] else None for p in past],
+        out = m.step(st.index, call.state, self.cond, [p[0] if p[0].shape[0] else None for p in past],
                      [p[1] if p[1].shape[0] else None for p in past],
-                     torch.tensor(weight, dtype=torch.float32, device=self.device), prune=prune,
+                     torch.tensor(call.cfg_scale, dtype=torch.float32, device=self.device), prune=prune,
                      restore_caches=self.restore_caches if prune is not None else None,
                      collect_caches=st.index == plan.cache_scale)
         self.seconds["step"] += time.perf_counter() - t0
-        self.last_output, self.hidden = out, out.hidden
+        self.hidden = out.hidden
         if out.caches is not None:
             self.restore_caches = out.caches
         if out.kept_idx is not None:
             self.kept_sets[st.index] = {gn.kept(sub, i): t.cpu().numpy() for i, idx in enumerate(out.kept_idx)
                                         if idx is not None for sub, t in zip(gn.HART_SUBLAYERS, idx, strict=True)}
-        if write_kv:
+        if call.write_kv:
             for i in range(depth):
                 self.kv.write(i, out.new_k[i], out.new_v[i])
         return out.logits, None
@@ -124,7 +123,7 @@ class HARTTorchBackend:
         conditioning stays: ``batch`` reads it."""
         if self.keeps_state:
             return
-        self.kv, self.restore_caches, self.hidden, self.last_output = None, None, None, None
+        self.kv, self.restore_caches, self.hidden = None, None, None
 
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()

@@ -9,10 +9,11 @@ import torch
 
 from fastvar import graph_names as gn
 from fastvar.export.models.bsq_vae import BSQVAEDecoder
-from fastvar.export.models.infinity import Conditioning, Infinity, PruneStep, StepOutput
+from fastvar.export.models.infinity import Conditioning, Infinity, PruneStep
 from fastvar.export.models.rope import rope_freqs_grid, rope_table
 from fastvar.export.schedules import PrunePlan, ScaleSchedule, StepPlan
 from fastvar.runtime.kv_cache import KVCache
+from fastvar.runtime.step_call import StepCall
 
 
 class TorchBackend:
@@ -31,7 +32,6 @@ class TorchBackend:
         self.kv_bytes = 0
         self.restore_caches: list | None = None
         self.kept_sets: dict[int, dict[str, np.ndarray]] = {}  # step -> kept_{sub}_{block}, as graphs name them
-        self.last_output: StepOutput | None = None  # the last step's full output (goldens read it)
         self.seconds = {"condition": 0.0, "step": 0.0, "decoder": 0.0}  # time inside the model (benchmarks)
 
     def graph_seconds(self, kinds: tuple[str, ...] = ("condition", "step")) -> float:
@@ -49,8 +49,7 @@ class TorchBackend:
         self.restore_caches = None
         self.kept_sets = {}
 
-    def step(self, st: StepPlan, codes_in: torch.Tensor | None, cfg: float, inv_tau: float,
-             write_kv: bool, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+    def step(self, st: StepPlan, call: StepCall) -> tuple[torch.Tensor, None]:
         """Logits of one step; sampling is left to the chain (``None`` bits)."""
         m, plan = self.model, self.plan
         depth = m.cfg.depth
@@ -60,20 +59,19 @@ class TorchBackend:
             prune = PruneStep(kept=st.kept, hw=(st.h, st.w), cache_hw=plan.cache_hw, block_range=plan.block_range)
         t0 = time.perf_counter()
         out = m.step(
-            st.index, codes_in, self.cond, self.rope[st.index], [p[0] for p in past], [p[1] for p in past],
-            torch.tensor(cfg, dtype=torch.float32, device=self.device),
-            torch.tensor(inv_tau, dtype=torch.float32, device=self.device),
+            st.index, call.state, self.cond, self.rope[st.index], [p[0] for p in past], [p[1] for p in past],
+            torch.tensor(call.cfg_scale, dtype=torch.float32, device=self.device),
+            torch.tensor(call.inv_tau, dtype=torch.float32, device=self.device),
             prune=prune, restore_caches=self.restore_caches, collect_caches=st.index == plan.cache_scale,
         )
         self.seconds["step"] += time.perf_counter() - t0
-        self.last_output = out
         if out.caches is not None:
             self.restore_caches = out.caches
         if out.kept_idx is not None:
             lo = plan.block_range[0]
             self.kept_sets[st.index] = {gn.kept(sub, lo + j): t.cpu().numpy() for j, idx in enumerate(out.kept_idx)
                                         for sub, t in zip(gn.INFINITY_SUBLAYERS, idx, strict=True)}
-        if write_kv:
+        if call.write_kv:
             for i in range(depth):
                 self.kv.write(i, out.new_k[i], out.new_v[i])
         return out.logits, None
@@ -82,7 +80,7 @@ class TorchBackend:
         """Free the KV cache, restore caches and conditioning before the decoder runs (kept sets stay)."""
         if self.keeps_state:
             return
-        self.kv, self.restore_caches, self.cond, self.last_output = None, None, None, None
+        self.kv, self.restore_caches, self.cond = None, None, None
 
     def decode(self, summed: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()
