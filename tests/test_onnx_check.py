@@ -23,14 +23,8 @@ from support.onnx_check_models import (
     vi,
 )
 
-from fastvar.builder.onnx_check import (
-    TOPK_MAX,
-    IncompatibleGraphs,
-    check_artifact,
-    check_model,
-    require_compatible,
-    supported_ops,
-)
+from fastvar.builder.onnx_check import IncompatibleGraphs, check_artifact, check_model, require_compatible
+from fastvar.builder.trt_facts import TOPK_MAX, supported_ops
 from fastvar.manifest import Artifact
 
 
@@ -79,12 +73,6 @@ def test_the_plugin_form_passes_with_its_fastvar_restore_nodes(plugin_artifact):
     found = check_artifact(art)
     assert not any(found.values()), "\n".join(str(v) for vs in found.values() for v in vs)
     require_compatible(art)
-
-
-def test_the_limit_is_the_exporters():
-    from fastvar.export.artifact import TRT_TOPK_MAX
-
-    assert TOPK_MAX == TRT_TOPK_MAX == 3840
 
 
 # ---- rule 1: TopK ---------------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
+from fastvar.onnx_graph import walk_nodes
+
 from .onnx_op import DOMAIN, OP_TYPE, OP_TYPE_ADD, OP_TYPES, SIZE_ATTRS
 
 if TYPE_CHECKING:
@@ -144,24 +146,6 @@ def session_options(so: onnxruntime.SessionOptions | None = None) -> onnxruntime
     return so
 
 
-def _graphs(graph: onnx.GraphProto):
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _graphs(g)
-
-
-def _all_nodes(model: onnx.ModelProto):
-    for g in _graphs(model.graph):
-        yield from g.node
-    for f in model.functions:
-        yield from f.node
-
-
 def for_onnxruntime(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` whose FastVARRestore(Add) nodes are PyOp nodes (domain ``ai.onnx.contrib``).
 
@@ -170,10 +154,10 @@ def for_onnxruntime(model: onnx.ModelProto) -> onnx.ModelProto:
     goes when nothing else uses it. The input model is not modified.
     """
     out = copy.deepcopy(model)
-    for node in _all_nodes(out):
+    for node in walk_nodes(out.graph, out.functions):
         if node.op_type in OP_TYPES and node.domain == DOMAIN:
             node.domain = PYOP_DOMAIN
-    used = {node.domain for node in _all_nodes(out)}
+    used = {node.domain for node in walk_nodes(out.graph, out.functions)}
     imports = [op for op in out.opset_import if not (op.domain == DOMAIN and DOMAIN not in used)]
     if PYOP_DOMAIN in used and all(op.domain != PYOP_DOMAIN for op in imports):
         imports.append(onnx.helper.make_opsetid(PYOP_DOMAIN, 1))
