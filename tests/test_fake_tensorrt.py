@@ -147,13 +147,6 @@ def test_trt11_names_only(fake_tensorrt):
         assert not hasattr(trt.BuilderFlag, gone)
     assert not hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH")
     assert hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")  # deprecated, still bound, ignored
-    for gone in ("platform_has_fast_fp16", "platform_has_fast_int8", "build_engine", "max_batch_size"):
-        assert not hasattr(trt.Builder, gone)
-    assert not hasattr(trt.IPluginRegistry, "plugin_creator_list")
-    for gone in ("get_binding_index", "num_bindings", "device_memory_size", "binding_is_input"):
-        assert not hasattr(trt.ICudaEngine, gone)
-    for gone in ("execute_async_v2", "execute_async", "set_binding_shape"):
-        assert not hasattr(trt.IExecutionContext, gone)
     config = trt.Builder(trt.Logger()).create_builder_config()
     with pytest.raises(AttributeError):
         config.max_workspace_size = 1 << 30  # removed in TensorRT 10; bindings objects take no new attributes
@@ -202,17 +195,17 @@ def test_builder_config_properties(fake_tensorrt):
     log = _recorder(trt)
     config = trt.Builder(log).create_builder_config()
     assert config.builder_optimization_level == 3
+    assert config.get_flag(trt.BuilderFlag.TF32)  # on by default: the builder must clear it for exact fp32
     config.builder_optimization_level = 7  # "greater than the maximum level results in identical behavior to 5"
     assert config.builder_optimization_level == 7
     config.builder_optimization_level = -1  # "Must be non-negative": an API error, the value is kept
     assert config.builder_optimization_level == 7 and log.errors()
+    config.clear_flag(trt.BuilderFlag.TF32)
     config.set_flag(trt.BuilderFlag.DISABLE_TIMING_CACHE)
-    assert config.get_flag(trt.BuilderFlag.DISABLE_TIMING_CACHE)
+    assert config.get_flag(trt.BuilderFlag.DISABLE_TIMING_CACHE) and not config.get_flag(trt.BuilderFlag.TF32)
     assert config.flags == 1 << int(trt.BuilderFlag.DISABLE_TIMING_CACHE)
     config.clear_flag(trt.BuilderFlag.DISABLE_TIMING_CACHE)
     assert config.flags == 0
-    assert config.hardware_compatibility_level == trt.HardwareCompatibilityLevel.NONE
-    assert config.max_aux_streams == -1 and config.plugins_to_serialize == []
 
 
 # ------------------------------------------------------------------------------------------------------- parser
@@ -270,7 +263,7 @@ def test_topk_above_3840_fails_in_the_parser(fake_tensorrt):
     assert (err.node_name(), err.node_operator(), err.code()) == ("pick", "TopK", trt.ErrorCode.UNSUPPORTED_NODE)
     assert "3840" in err.desc()
     _, net, _, ok = _parse(trt, topk_model(3840), trt.Logger())
-    assert ok and net.get_layer(0).type == trt.LayerType.TOPK
+    assert ok and net.num_layers == 1 and net.get_output(1).dtype == trt.int64
 
 
 # ------------------------------------------------------------------------------------ build, plan and execution
@@ -388,46 +381,40 @@ def test_execute_refuses_bad_bindings(fake_tensorrt):
     scratch = np.zeros(engine.device_memory_size_v2, np.uint8)
     managed.set_device_memory(scratch.ctypes.data, scratch.nbytes)
     assert managed.execute_async_v3(0) and (scratch == 0xFF).all()  # TensorRT owns the scratch during a launch
-    with pytest.raises(AttributeError):
-        _ = managed.device_memory  # write-only in the bindings
     assert len(trt._fake.executions) == 2
 
 
-def test_timing_cache_is_shared_grown_and_serialized(fake_tensorrt):
+def test_timing_cache_is_shared_grown_and_serialized(fake_tensorrt, monkeypatch):
     trt = fake_tensorrt
     log = _recorder(trt)
     config_for_cache = trt.Builder(log).create_builder_config()
     cache = config_for_cache.create_timing_cache(b"")
-    assert cache.queryKeys() == []
 
-    def with_cache(c, *flags):
+    def with_cache(c):
         def configure(config):
             assert config.set_timing_cache(c, ignore_mismatch=False)
-            for f in flags:
-                config.set_flag(f)
         return configure
 
     def relu_model(n):
         return _model([oh.make_node("Relu", ["x"], ["a"]), oh.make_node("Neg", ["a"], ["y"])],
                       [_vi("x", TP.FLOAT, [n])], [_vi("y", TP.FLOAT, [n])])
 
+    empty = bytes(cache.serialize())
     assert _build(trt, relu_model(4), log, configure=with_cache(cache)) is not None
-    first = {str(k) for k in cache.queryKeys()}
-    assert len(first) == 2 and all(k.startswith("0x") and len(k) == 34 for k in first)
+    first = bytes(cache.serialize())
+    assert len(first) > len(empty)
     _build(trt, relu_model(4), log, configure=with_cache(cache))
-    assert {str(k) for k in cache.queryKeys()} == first  # same layers: no new entries
+    assert bytes(cache.serialize()) == first  # same layers: no new entries
     _build(trt, relu_model(8), log, configure=with_cache(cache))
-    grown = {str(k) for k in cache.queryKeys()}
-    assert len(grown) == 4 and first < grown
+    grown = bytes(cache.serialize())
+    assert len(grown) > len(first)
+    assert bytes(config_for_cache.create_timing_cache(grown).serialize()) == grown  # round trip
+    assert config_for_cache.create_timing_cache(b"garbage") is None and log.errors()
 
-    restored = config_for_cache.create_timing_cache(bytes(cache.serialize()))
-    assert {str(k) for k in restored.queryKeys()} == grown
-    assert restored.query(trt.TimingCacheKey.parse(sorted(grown)[0])).timingMSec > 0
-    assert _build(trt, relu_model(8), log,
-                  configure=with_cache(restored, trt.BuilderFlag.ERROR_ON_TIMING_CACHE_MISS)) is not None
-    assert _build(trt, relu_model(16), log,
-                  configure=with_cache(restored, trt.BuilderFlag.ERROR_ON_TIMING_CACHE_MISS)) is None
-    assert config_for_cache.create_timing_cache(b"garbage") is None
+    monkeypatch.setattr(trt, "__version__", "11.2.0")  # a cache from another TensorRT is refused unless told not to
+    config = trt.Builder(log).create_builder_config()
+    assert not config.set_timing_cache(config.create_timing_cache(grown), ignore_mismatch=False)
+    assert config.set_timing_cache(config.create_timing_cache(grown), ignore_mismatch=True)
 
 
 # ------------------------------------------------------------------------------------------ tensorrt.plugin
@@ -553,12 +540,11 @@ def test_aot_plugin_builds_kernel_into_plan_and_runs_through_session_hook(fake_t
     log = _recorder(trt)
     builder, network, parser, ok = _parse(trt, _bias_model(aot=True), log)
     assert ok, [str(parser.get_error(i)) for i in range(parser.num_errors)]
-    layer = network.get_layer(0)
-    assert layer.type == trt.LayerType.PLUGIN_V3 and layer.name == "bias0"
     assert network.get_output(0).shape == (4, 100)  # the plugin's output shape flowed on through the Relu
     plan = builder.build_serialized_network(network, builder.create_builder_config())
     (entry,) = trt._fake.read_plan(plan)["plugins"]
-    assert (entry["impl"], entry["request"], entry["kernel_name"]) == ("AOT", "STRICT_AOT", "add_bias")
+    assert (entry["node"], entry["impl"], entry["request"], entry["kernel_name"]) == ("bias0", "AOT", "STRICT_AOT",
+                                                                                     "add_bias")
     assert entry["launch_params"] == {"grid_x": 4, "grid_y": 1, "grid_z": 1, "block_x": 128, "block_y": 1,
                                       "block_z": 1, "shared_mem": 0}
     assert entry["extra_args"] == [400, 3] and entry["ptx_size"] == len(".version 8.0\n// ptx\n")
@@ -591,7 +577,8 @@ def test_plugin_impl_choice_follows_network_flags(fake_tensorrt):
     assert trt._fake.read_plan(aot_plan)["plugins"][0]["impl"] == "AOT"
     jit_plan = _build(trt, _bias_model(), log, flags=1 << int(flag.PREFER_JIT_PYTHON_PLUGINS))
     (jit,) = trt._fake.read_plan(jit_plan)["plugins"]
-    assert jit["impl"] == "JIT" and [f["name"] for f in jit["fields"]] == ["bias"]  # only the impl's attributes
+    # only the impl's attributes, as the parser typed them (INT -> INT32)
+    assert jit["impl"] == "JIT" and [(f["name"], f["type"]) for f in jit["fields"]] == [("bias", "INT32")]
     _, _, _, ok = _parse(trt, _bias_model(aot=False), log)  # aot=0 asks for JIT whatever the flags
     assert ok
 

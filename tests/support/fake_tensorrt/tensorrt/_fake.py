@@ -1,12 +1,10 @@
-"""Test hooks of the fake. None of this exists in real TensorRT.
+"""Test hooks of the fake; none of this exists in real TensorRT (see ../README.md).
 
-* ``set_session_factory(fn)``: ``fn(model) -> onnxruntime.InferenceSession`` runs engines from then on; ``model``
-  is the ONNX the engine was built from: a file path (``str``, after ``parse_from_file``) or the serialized
-  ModelProto (``bytes``, after ``parse``; external data, if any, already folded in). Use it to give ONNX Runtime
-  a custom op for plugin nodes. ``None`` restores the default (a plain CPU session). Returns the previous one.
-  Sessions are cached per engine and factory.
-* ``executions``: the ``ICudaEngine.name`` of every successful ``execute_async_v3``/``execute_v2``, in order.
-* ``read_plan(plan)``: the JSON header of a fake plan (bytes-like), e.g. to inspect the AOT kernels it embeds.
+* ``set_session_factory(fn)``: ``fn(model) -> onnxruntime.InferenceSession`` runs engines from then on (``model``:
+  the ONNX file path after ``parse_from_file``, or the ModelProto bytes after ``parse``); ``None`` restores a plain
+  CPU session. Returns the previous factory. Sessions are cached per engine and factory.
+* ``executions``: the ``ICudaEngine.name`` of every successful ``execute_async_v3``, in order.
+* ``read_plan(plan)``: the JSON header of a fake plan.
 * ``reset()``: empty the plugin registry, ``tensorrt.plugin``'s definitions, ``executions`` and the factory.
 """
 
@@ -31,7 +29,6 @@ def session_factory():
 
 
 def default_session(model):
-    """A CPU ``onnxruntime.InferenceSession`` on the model (a path or serialized bytes)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -40,13 +37,12 @@ def default_session(model):
 
 
 def read_plan(plan) -> dict:
-    """The header of a fake plan; ValueError for anything else."""
+    """The header of a fake plan (bytes-like); ValueError for anything else."""
     data = memoryview(plan).tobytes()
-    if data[: len(PLAN_MAGIC)] != PLAN_MAGIC:
+    if not data.startswith(PLAN_MAGIC):
         raise ValueError("not a fake TensorRT plan (magic tag mismatch)")
     (size,) = struct.unpack_from("<Q", data, len(PLAN_MAGIC))
-    start = len(PLAN_MAGIC) + 8
-    return json.loads(data[start: start + size].decode())
+    return json.loads(data[len(PLAN_MAGIC) + 8: len(PLAN_MAGIC) + 8 + size].decode())
 
 
 def write_plan(header: dict, payload: bytes | None) -> bytes:
@@ -62,9 +58,9 @@ def plan_payload(plan: bytes) -> bytes:
 def reset() -> None:
     from ._plugins import get_plugin_registry
 
-    get_plugin_registry()._clear()
+    get_plugin_registry()._creators.clear()
     executions.clear()
     _factory[0] = None
-    lib = sys.modules.get(__package__ + ".plugin._lib")
-    if lib is not None:
-        lib._reset()
+    plugin = sys.modules.get(__package__ + ".plugin")
+    if plugin is not None:
+        plugin._reset()
