@@ -53,13 +53,11 @@ class StepMacs:
 
 def step_macs(cfg: InfinityConfig | HARTConfig, plan: PrunePlan, rows: int, batch: int,
               text_len: int | None = None) -> list[StepMacs]:
-    """Per executed step; ``rows`` = 2 * batch with CFG. ``text_len`` is Infinity's text bucket (HART's
-    text is always its ``context_tokens``)."""
-    if isinstance(cfg, HARTConfig):
-        return hart_step_macs(cfg, plan, rows, batch)
-    if text_len is None:
-        raise ValueError("Infinity's count needs the text length (its cross-attention keys)")
-    return infinity_step_macs(cfg, plan, rows, batch, text_len)
+    """Per executed step, counted by the config's model family; ``rows`` = 2 * batch with CFG. ``text_len`` is
+    Infinity's text bucket (HART's text is always its ``context_tokens``)."""
+    from fastvar.family import for_config
+
+    return for_config(cfg).step_macs(cfg, plan, rows, batch, text_len)
 
 
 def total_macs(cfg: InfinityConfig | HARTConfig, plan: PrunePlan, rows: int, batch: int,

@@ -12,7 +12,7 @@ from fastvar.family.infinity import InfinityFamily
 from fastvar.sampling import SamplingSettings
 
 __all__ = ["ModelFamily", "ResolvedExport", "SamplingDefaults", "artifact_geometry", "artifact_schedule",
-           "family", "for_artifact", "for_model", "names", "register", "text_channels"]
+           "family", "for_artifact", "for_config", "for_model", "names", "register", "text_channels"]
 
 _FAMILIES: dict[str, ModelFamily] = {}
 _FALLBACK = "infinity"  # model names no other family claims are Infinity's (its presets name the unknown)
@@ -45,6 +45,14 @@ def for_model(model: str) -> ModelFamily:
         if name != _FALLBACK and f.owns(model):
             return f
     return _FAMILIES[_FALLBACK]
+
+
+def for_config(cfg) -> ModelFamily:
+    """The family whose model config ``cfg`` is (an instance of its ``config_class``)."""
+    for f in _FAMILIES.values():
+        if isinstance(cfg, f.config_class()):
+            return f
+    raise ValueError(f"no model family takes a {type(cfg).__name__}; known: {', '.join(_FAMILIES)}")
 
 
 def for_artifact(art) -> ModelFamily:

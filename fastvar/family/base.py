@@ -62,6 +62,10 @@ class ModelFamily:
         """The decoder side (VAE or tokenizer) on the meta device."""
         raise NotImplementedError
 
+    def config_class(self) -> type:
+        """The type of this family's model config (``for_config`` tells a config's family by it)."""
+        raise NotImplementedError
+
     def config_from_dict(self, d: dict):
         """The model config a manifest records (``model.config``)."""
         raise NotImplementedError
@@ -110,6 +114,10 @@ class ModelFamily:
     def step_feeds(self, graph: str, inputs: dict, cond: dict, kv, caches: dict, index: int, call, device,
                    values_device) -> dict:
         """Every non-weight input of one step graph, for the graph backends."""
+        raise NotImplementedError
+
+    def step_macs(self, cfg, plan, rows: int, batch: int, text_len: int | None) -> list:
+        """Multiply-adds of each executed step (``runtime.flops``), for the benchmark's achieved rate."""
         raise NotImplementedError
 
     def describe(self, cfg, sched, plan) -> str:

@@ -67,6 +67,11 @@ class HARTFamily(ModelFamily):
         with torch.device("meta"):
             return HARTTokenizer(cfg.tokenizer)
 
+    def config_class(self):
+        from fastvar.export.models.hart_config import HARTConfig
+
+        return HARTConfig
+
     def config_from_dict(self, d):
         from fastvar.export.models.hart_config import HARTConfig
 
@@ -153,6 +158,11 @@ class HARTFamily(ModelFamily):
         if call.state is not None:
             given[gn.X_IN] = call.state.to(device, torch.float32).contiguous()
         return named_feeds(graph, inputs, given, cond, kv, caches)
+
+    def step_macs(self, cfg, plan, rows, batch, text_len):
+        from fastvar.runtime.flops import hart_step_macs
+
+        return hart_step_macs(cfg, plan, rows, batch)
 
     def describe(self, cfg, sched, plan):
         pruned = [f"{st.h}x{st.w} keeps {st.kept}" for st in plan.executed if st.pruned]

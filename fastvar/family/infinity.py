@@ -66,6 +66,11 @@ class InfinityFamily(ModelFamily):
         with torch.device("meta"):
             return BSQVAEDecoder(cfg.vae)
 
+    def config_class(self):
+        from fastvar.export.models.infinity_config import InfinityConfig
+
+        return InfinityConfig
+
     def config_from_dict(self, d):
         from fastvar.export.models.infinity_config import InfinityConfig, VAEConfig
 
@@ -134,6 +139,13 @@ class InfinityFamily(ModelFamily):
         from fastvar.runtime.backends.feeds import role_feeds
 
         return role_feeds(inputs, cond, kv, caches, index, call, device, values_device)
+
+    def step_macs(self, cfg, plan, rows, batch, text_len):
+        from fastvar.runtime.flops import infinity_step_macs
+
+        if text_len is None:
+            raise ValueError("Infinity's count needs the text length (its cross-attention keys)")
+        return infinity_step_macs(cfg, plan, rows, batch, text_len)
 
     def describe(self, cfg, sched, plan):
         h_px, w_px = sched.pixels
