@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,10 +13,17 @@ from pathlib import Path
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temp path beside ``path``; on success fsync it, give it normal permissions, rename it."""
+    """Yield a temp path beside ``path``; on success fsync it, give it normal permissions, rename it.
+
+    Only a regular file (or nothing) is ever replaced: an existing character device or FIFO (``/dev/null``,
+    a pipe another process reads) is written through, not atomically since there is nothing to replace; a
+    directory, socket or block device is refused."""
     path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory; give a file path (e.g. {path / 'out.png'})")
+    kind = _special_kind(path)
+    if kind is not None:
+        with _written_through(path, kind) as tmp:
+            yield tmp
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -30,6 +39,38 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _special_kind(path: Path) -> str | None:
+    """``None`` for a regular file or no file; the kind of a file we write through; an error for the rest."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+        return "character device" if stat.S_ISCHR(mode) else "FIFO"
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(f"{path} is a directory; give a file path (e.g. {path / 'out.png'})")
+    what = "socket" if stat.S_ISSOCK(mode) else "block device" if stat.S_ISBLK(mode) else "special file"
+    raise OSError(f"{path} is a {what}; give a regular file path (a FIFO or a character device such as "
+                  "/dev/null is written through)")
+
+
+@contextlib.contextmanager
+def _written_through(path: Path, kind: str) -> Iterator[str]:
+    """Collect the output in a private temp file, then copy it into the device or FIFO as it stands."""
+    fd, tmp = tempfile.mkstemp(prefix=".fastvar-out.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb") as src, open(path, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    except OSError as err:
+        raise OSError(f"{path} ({kind}): could not write through it: {err.strerror or err}") from None
+    finally:
+        os.unlink(tmp)
 
 
 def _fsync_dir(directory: Path) -> None:
