@@ -195,7 +195,7 @@ def build_engines(root: str | Path, opts: BuildOptions | None = None, log: Calla
     opts = opts or BuildOptions()
     opts.validate()
     art = Artifact.load(root)
-    art.verify(hash_check=False)
+    art.verify()
     known = list(art.data["graphs"]) if opts.validation else art.run_graphs()
     names = list(opts.graphs) or known
     unknown = [n for n in names if n not in known]

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
+from google.protobuf.message import DecodeError
 from onnx import AttributeProto, TensorProto, helper
 
 from fastvar.builder import trt_facts as facts
-from fastvar.manifest import Artifact
+from fastvar.manifest import Artifact, ArtifactError
 from fastvar.onnx_graph import (
     ConstantFolder,
     all_initializers,
@@ -86,7 +87,10 @@ def check_model(model: onnx.ModelProto | str | os.PathLike, *, precision: str, g
     if not isinstance(model, onnx.ModelProto):
         path = Path(model)
         graph = graph or path.name
-        model = onnx.load(str(path), load_external_data=False)
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except DecodeError as err:
+            raise ValueError(f"{path} is not a readable ONNX model ({err}); re-run fastvar-export") from None
         base_dir = str(path.parent)
     return _Checker(model, precision, graph, base_dir).run()
 
@@ -94,6 +98,8 @@ def check_model(model: onnx.ModelProto | str | os.PathLike, *, precision: str, g
 def check_artifact(art: Artifact) -> dict[str, list[Violation]]:
     """Every graph the manifest lists (all kinds, validation variants included) -> its violations."""
     precision = art.data.get("precision", "fp32")
+    if not art.data["graphs"]:
+        raise ArtifactError(f"{art.root}: the manifest lists no graphs; re-run fastvar-export")
     out: dict[str, list[Violation]] = {}
     for name in art.data["graphs"]:
         path = art.graph_path(name)

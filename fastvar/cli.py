@@ -234,7 +234,9 @@ def build_cmd(artifact, optimization_level, workspace, timing_cache, graphs, tf3
 
     try:
         if check_only:
-            found = check_artifact(Artifact.load(artifact))
+            art = Artifact.load(artifact)
+            art.verify()  # exactly as fastvar-run: a half-written or altered artifact is not checked, refused
+            found = check_artifact(art)
             bad = {g: v for g, v in found.items() if v}
             for g, violations in bad.items():
                 for v in violations:

@@ -195,6 +195,39 @@ def test_fastvar_build_check_only_and_bad_usage(art_dir):
     assert r.exit_code == 2 and "0<=x<=5" in r.output
 
 
+def test_check_only_verifies_the_artifact_first(art_dir):
+    """--check-only judges nothing it has not verified as fastvar-run does: altered, garbage, incomplete and
+    empty artifacts are refused with exit 2 and a message, never passed or answered with a traceback."""
+    import hashlib
+    import json
+
+    from click.testing import CliRunner
+
+    from fastvar.cli import build_cmd
+
+    def check():
+        return CliRunner().invoke(build_cmd, [str(art_dir), "--check-only"])
+
+    manifest = art_dir / "manifest.json"
+    good = json.loads(manifest.read_text())
+    graph = art_dir / good["graphs"]["step_00"]["file"]["path"]
+    size = graph.stat().st_size
+    graph.write_bytes(b"\xff" * size)  # same size, other bytes
+    r = check()
+    assert r.exit_code == 2 and "does not match its recorded sha256" in r.output
+    lying = json.loads(manifest.read_text())
+    lying["graphs"]["step_00"]["file"]["sha256"] = hashlib.sha256(graph.read_bytes()).hexdigest()
+    manifest.write_text(json.dumps(lying))
+    r = check()
+    assert r.exit_code == 2 and "is not a readable ONNX model" in r.output and "Traceback" not in r.output
+    manifest.write_text(json.dumps({**good, "complete": False}))
+    r = check()
+    assert r.exit_code == 2 and "the export did not finish" in r.output
+    manifest.write_text(json.dumps({**good, "graphs": {}}))
+    r = check()
+    assert r.exit_code == 2 and "lists no graphs" in r.output
+
+
 def test_tensorrt_backend_needs_engines_and_a_gpu(fake_tensorrt, art_dir):
     from fastvar.manifest import Artifact, ArtifactError
     from fastvar.runtime.backends import open_backend
