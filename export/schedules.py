@@ -7,6 +7,7 @@ every backend reads them from there.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from fastvar.plan import PrunePlan, StepPlan  # noqa: F401 (the plan types, re-exported where plans are made)
@@ -173,6 +174,8 @@ def _parse_spec(spec: str, sched: ScaleSchedule) -> dict[int, float]:
         if ":" not in part:
             raise ValueError(f"schedule entry {part!r} is not SIDE:FRACTION (e.g. 32:0.4) or HxW:FRACTION")
         key, frac_text = part.rsplit(":", 1)
+        if not re.fullmatch(r"\s*\d+\s*(x\s*\d+\s*)?", key.lower()):
+            raise ValueError(f"schedule entry {part!r}: {key!r} is not a side (e.g. 32) or HxW (e.g. 24x40)")
         try:
             frac = float(frac_text)
         except ValueError:
@@ -193,6 +196,8 @@ def _parse_spec(spec: str, sched: ScaleSchedule) -> dict[int, float]:
             )
         for i in hits:
             fractions[i] = frac
+    if not fractions:
+        raise ValueError(f"schedule {spec!r} names no step; give fastvar, none or SIDE:FRACTION,... (e.g. 32:0.4)")
     return fractions
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 import click
@@ -13,6 +14,16 @@ MODEL_NAMES = sorted(n for f in names() for n in family(f).model_names())
 INFINITY, HART = family("infinity").sampling, family("hart").sampling
 DEFAULT_CFG, HART_DEFAULT_CFG, DEFAULT_TAU = INFINITY.cfg, HART.cfg, INFINITY.tau
 SEED = click.IntRange(0, 2**63 - 1)
+
+
+class FiniteRange(click.FloatRange):
+    """click's FloatRange lets NaN through (every comparison with it is false): refuse it, and infinities."""
+
+    def convert(self, value, param, ctx):
+        v = super().convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return v
 
 
 def _fail(message: str) -> None:
@@ -75,9 +86,10 @@ def model_options(default_model: str):
 @click.option("--cfg", type=float, default=None, help=f"Classifier-free guidance scale [default: {DEFAULT_CFG:g}, "
               f"HART {HART_DEFAULT_CFG:g}; {INFINITY.unguided_cfg:g} (HART: {HART.unguided_cfg:g}) for an artifact "
               "exported without guidance].")
-@click.option("--more-smooth/--no-more-smooth", default=True, show_default=True, help="HART: feed back the "
-              "Gumbel-soft codebook mixture (upstream's default) or the sampled codebook rows.")
-@click.option("--tau", type=float, default=DEFAULT_TAU, show_default=True, help="Sampling temperature.")
+@click.option("--more-smooth/--no-more-smooth", default=None, help="HART: feed back the Gumbel-soft codebook "
+              "mixture (upstream's default, on) or the sampled codebook rows.")
+@click.option("--tau", type=float, default=None, help=f"Sampling temperature [default: {DEFAULT_TAU:g}; HART samples "
+              "without one].")
 @click.option("--out", type=click.Path(), default="out.png", show_default=True, help="Output PNG path.")
 @click.option("--save-tokens", type=click.Path(), help="Save each executed scale's tokens: npz scale_XX, Infinity's "
               "bits (B,h,w,bits) uint8, HART's codebook indices (B,h,w) int32.")
@@ -147,11 +159,11 @@ def run_cmd(ctx, artifact, backend, device, model_name, ckpt, vae_path, random_i
               show_default=True, help="FastVARRestore as one custom node (TensorRT plugin), as FastVARRestoreAdd "
               "(custom-add: fused with the residual add, one pass less over memory), or spelled with standard ONNX "
               "ops; auto: standard for onnxruntime, custom otherwise.")
-@click.option("--attention-budget", type=click.FloatRange(min=0), help="MiB that decomposed attention's scores may "
+@click.option("--attention-budget", type=FiniteRange(min=0), help="MiB that decomposed attention's scores may "
               "hold at once: larger steps split their queries into static chunks (same result) [default: 512 for "
               "onnxruntime; 0 (never) for tensorrt/onnx, whose attention TensorRT fuses].")
 @click.option("--plan", "plan_only", is_flag=True, help="Print the memory plan and exit.")
-@click.option("--gpu-memory", type=click.FloatRange(min=0, min_open=True), help="GiB of the target GPU: refuse a "
+@click.option("--gpu-memory", type=FiniteRange(min=0, min_open=True), help="GiB of the target GPU: refuse a "
               "plan that does not fit, saying by how much.")
 @click.option("--out", type=click.Path(file_okay=False), help="Artifact directory [default: under engines/].")
 @click.option("--force", is_flag=True, help="Rebuild everything, even what is up to date.")

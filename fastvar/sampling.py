@@ -25,6 +25,7 @@ class SamplingDefaults:
     cfg: float
     unguided_cfg: float
     tau: float | None  # None: the family samples without a temperature
+    more_smooth: bool | None = None  # HART's feedback default; None: the family has no such choice
 
 
 @dataclass(frozen=True)
@@ -59,14 +60,20 @@ class SamplingSettings:
 
     @classmethod
     def for_batch(cls, defaults: SamplingDefaults, batch: int, seed: int = 0, cfg: float | None = None,
-                  tau: float | None = None, more_smooth: bool = True, guided: bool = True) -> SamplingSettings:
-        """``batch`` rows with seeds ``seed``, ``seed + 1``, ...; ``cfg`` and ``tau`` from the family's
-        ``defaults`` where not given (``guided=False``: the value that turns guidance off). A family
-        without a temperature gets none, whatever ``tau`` says."""
+                  tau: float | None = None, more_smooth: bool | None = None, guided: bool = True) -> SamplingSettings:
+        """``batch`` rows with seeds ``seed``, ``seed + 1``, ...; ``cfg``, ``tau`` and ``more_smooth`` from the
+        family's ``defaults`` where not given (``guided=False``: the value that turns guidance off). A
+        setting the family does not use (a temperature for HART, a feedback mode for Infinity) is refused
+        rather than silently ignored."""
+        if tau is not None and defaults.tau is None:
+            raise ValueError("this model family samples without a temperature: leave --tau out")
+        if more_smooth is not None and defaults.more_smooth is None:
+            raise ValueError("this model family has no feedback choice (--more-smooth is HART's): leave it out")
         if cfg is None:
             cfg = defaults.cfg if guided else defaults.unguided_cfg
-        tau = None if defaults.tau is None else (defaults.tau if tau is None else tau)
-        return cls.uniform(batch, seed, cfg, tau, more_smooth)
+        tau = defaults.tau if tau is None else tau
+        more_smooth = defaults.more_smooth if more_smooth is None else more_smooth
+        return cls.uniform(batch, seed, cfg, tau, more_smooth is not False)
 
     @classmethod
     def uniform(cls, batch: int, seed: int, cfg: float, tau: float | None,

@@ -29,7 +29,7 @@ def memory_report(backend, manifest: dict) -> dict:
 def run_artifact(root: str, out: str, backend: str = "auto", text_embeddings: str | None = None, seed: int = 0,
                  cfg: float | None = None, tau: float | None = None, save_tokens: str | None = None,
                  save_logits: str | None = None, force_tokens: str | None = None, timings: str | None = None,
-                 device: str = "cpu", more_smooth: bool = True, log: Callable[[str], None] = print) -> dict:
+                 device: str = "cpu", more_smooth: bool | None = None, log: Callable[[str], None] = print) -> dict:
     """Generate with a compiled artifact (``fastvar-run DIR``); returns the timings report."""
     from fastvar.manifest import Artifact
 

@@ -33,6 +33,17 @@ def scale_key(index: int) -> str:
     return f"scale_{index:02d}"
 
 
+def _check_forced_keys(force_tokens: dict, plan: PrunePlan) -> None:
+    """Teacher forcing replaces the scales it names; a name that matches no executed scale is a mistake."""
+    expected = [scale_key(st.index) for st in plan.executed]
+    if not force_tokens:
+        raise ValueError(f"--force-tokens: the archive holds no arrays; expected keys: {', '.join(expected)}")
+    unknown = sorted(set(force_tokens) - set(expected))
+    if unknown:
+        raise ValueError(f"--force-tokens: {', '.join(unknown)} match no executed scale of this run; expected keys: "
+                         f"{', '.join(expected)}")
+
+
 @torch.inference_mode()
 def generate(backend, sched: ScaleSchedule, plan: PrunePlan, geom: Geometry | HARTGeometry, text: torch.Tensor,
              lengths: torch.Tensor, settings: SamplingSettings, force_tokens: dict[str, np.ndarray] | None = None,
@@ -44,6 +55,8 @@ def generate(backend, sched: ScaleSchedule, plan: PrunePlan, geom: Geometry | HA
     batch = text.shape[0]
     if settings.batch != batch:
         raise ValueError(f"the sampling settings have {settings.batch} rows, the text {batch}")
+    if force_tokens is not None:
+        _check_forced_keys(force_tokens, plan)
     loop = geom.loop(sched, settings)
     cfg = settings.cfg
     clock = clock or clock_for(backend)

@@ -18,8 +18,8 @@ class RunOptions(ModelOptions):
     text_embeddings: str | None = None
     seed: int = 0
     cfg: float | None = None  # None: the model family's default
-    tau: float | None = None  # None: the model family's default (a family without tau ignores it)
-    more_smooth: bool = True  # HART: feed back the Gumbel-soft codebook mixture (upstream's sample.py default)
+    tau: float | None = None  # None: the model family's default (a family without tau refuses one)
+    more_smooth: bool | None = None  # HART: Gumbel-soft feedback (None: upstream's sample.py default, on)
 
 
 def run_reference(opts: RunOptions, out: str, save_tokens: str | None = None, save_logits: str | None = None,

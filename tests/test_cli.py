@@ -61,11 +61,29 @@ def test_save_and_force_tokens_roundtrip(tmp_path, text_file):
     (["--random-init", "--ckpt", "x.pth", "--vae", "v.pth"], "exclude each other"),
     (["--random-init", "--batch", "0"], "--batch must be >= 1"),
     (["--random-init", "--tau", "0"], "tau must be a finite number > 0"),
+    # a flag the family does not use is refused, not ignored
+    (["--model", "hart-tiny", "--random-init", "--tau", "0.7"], "samples without a temperature: leave --tau out"),
+    (["--random-init", "--res", "256", "--no-more-smooth"], "no feedback choice"),
+    (["--random-init", "--res", "256", "--schedule", ","], "names no step"),
+    (["--random-init", "--res", "256", "--schedule", "ab:0.5"], "'ab' is not a side"),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, args, msg):
     r = CliRunner().invoke(run_cmd, [*args, "--out", str(tmp_path / "x.png")])
     assert r.exit_code == 2
     assert msg in r.output
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("keys,msg", [
+    (["SCALE_00"], "SCALE_00 match no executed scale of this run; expected keys: scale_00, scale_01"),
+    ([], "the archive holds no arrays"),
+])
+def test_force_tokens_that_match_no_scale_are_named(tmp_path, keys, msg):
+    forced = tmp_path / "f.npz"
+    np.savez(forced, **{k: np.zeros((1, 1, 1, 32), np.uint8) for k in keys})
+    r = CliRunner().invoke(run_cmd, ["--random-init", "--res", "256", "--tau", "1", "--force-tokens", str(forced),
+                                     "--out", str(tmp_path / "x.png")])
+    assert r.exit_code == 2 and msg in r.output
     assert not (tmp_path / "x.png").exists()
 
 

@@ -41,3 +41,8 @@ def test_bad_inputs_are_specific(tmp_path):
     assert r.exit_code == 2 and "--text-len" in r.output
     r = _export(["--model", "infinity-tiny", "--plan"])
     assert r.exit_code == 2 and "--random-init" in r.output
+    for flag in ("--gpu-memory", "--attention-budget"):  # click's FloatRange alone lets NaN through
+        r = _export(["--model", "infinity-tiny", "--random-init", "--plan", flag, "nan"])
+        assert r.exit_code == 2 and "'nan' is not a finite number" in r.output, flag
+    r = _export(["--model", "infinity-tiny", "--random-init", "--schedule", ",", "--plan"])
+    assert r.exit_code == 2 and "names no step" in r.output

@@ -9,8 +9,9 @@ from fastvar.sampling import RowSampling, SamplingSettings
 def test_for_batch_fills_the_family_defaults_and_numbers_the_seeds():
     inf = SamplingSettings.for_batch(family("infinity").sampling, 3, seed=10)
     assert inf.seeds == (10, 11, 12) and inf.cfg == 4.0 and inf.tau == 0.5 and inf.more_smooth
-    hart = SamplingSettings.for_batch(family("hart").sampling, 1, seed=0, tau=0.7, more_smooth=False)
-    assert hart.cfg == 4.5 and hart.tau is None and not hart.more_smooth  # HART samples without a temperature
+    hart = SamplingSettings.for_batch(family("hart").sampling, 1, seed=0)
+    assert hart.cfg == 4.5 and hart.tau is None and hart.more_smooth  # HART samples without a temperature
+    assert not SamplingSettings.for_batch(family("hart").sampling, 1, more_smooth=False).more_smooth
     unguided = SamplingSettings.for_batch(family("infinity").sampling, 1, guided=False)
     assert unguided.cfg == 1.0
     given = SamplingSettings.for_batch(family("infinity").sampling, 2, seed=1, cfg=3.0, tau=1.0)
@@ -35,6 +36,13 @@ def test_rows_with_different_guidance_are_refused_by_name():
 def test_a_row_refuses_bad_values(kw, msg):
     with pytest.raises(ValueError, match=msg):
         RowSampling(**kw)
+
+
+def test_a_setting_the_family_does_not_use_is_refused():
+    with pytest.raises(ValueError, match="samples without a temperature"):
+        SamplingSettings.for_batch(family("hart").sampling, 1, tau=0.7)
+    with pytest.raises(ValueError, match="no feedback choice"):
+        SamplingSettings.for_batch(family("infinity").sampling, 1, more_smooth=False)
 
 
 def test_batches_refuse_what_does_not_fit():

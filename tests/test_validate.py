@@ -113,6 +113,14 @@ def test_missing_golden_or_graph_is_a_usage_error(validated, tmp_path):
     assert _validate([root, "--tol", "logits"]).exit_code == 2
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-1e-4"])
+def test_a_tolerance_must_be_finite_and_not_negative(validated, value):
+    """A NaN tolerance would pass anything: refused before any graph runs."""
+    root, _, _ = validated["fastvar"]
+    r = _validate([root, "--tol", f"logits={value}"])
+    assert r.exit_code == 2 and "must be a finite number >= 0" in r.output
+
+
 def test_printed_polygraphy_command_passes(validated):
     root, r, _ = validated["fastvar"]
     lines = [line.strip() for line in r.output.splitlines() if line.strip().startswith("polygraphy run")]

@@ -112,7 +112,7 @@ def _runs(roots: dict[str, Path]) -> dict[str, dict[str, str]]:
             art = Artifact.load(root)
             for seed in SEEDS:
                 res = generate(be, artifact_schedule(art), art.plan(), artifact_geometry(art), text,
-                               torch.tensor([7]), artifact_sampling(art, seed, tau=0.5), keep_logits=True)
+                               torch.tensor([7]), artifact_sampling(art, seed), keep_logits=True)
                 out[f"{name}/{chain}/seed{seed}"] = {"image": _sha(res.images.tobytes()),
                                                      "tokens": _arrays_sha(res.tokens),
                                                      "logits": _arrays_sha(res.logits)}

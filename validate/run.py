@@ -73,9 +73,13 @@ def parse_tolerances(items: list[str]) -> dict[str, float]:
     for item in items:
         prefix, _, value = item.partition("=")
         try:
-            out[prefix.strip()] = float(value)
+            tol = float(value)
         except ValueError:
             raise ValidationUsageError(f"--tol {item!r}: expected PREFIX=VALUE, e.g. logits=1e-4") from None
+        if not math.isfinite(tol) or tol < 0:
+            raise ValidationUsageError(f"--tol {item!r}: the tolerance must be a finite number >= 0 (a NaN or "
+                                       "infinite tolerance would pass anything)")
+        out[prefix.strip()] = tol
     return out
 
 
@@ -201,7 +205,7 @@ def _store(art: Artifact):
 
 def _end_to_end(art: Artifact, log: Callable[[str], None], engines=None) -> dict:
     """Teacher-forced logits per scale (gating), free-running token agreement and PSNR (reported)."""
-    from fastvar.family import artifact_geometry, artifact_sampling, artifact_schedule, text_channels
+    from fastvar.family import artifact_geometry, artifact_sampling, artifact_schedule, for_artifact, text_channels
     from fastvar.runtime.backends import open_backend
     from fastvar.runtime.chain import generate
     from fastvar.runtime.io import load_text_embeddings
@@ -212,7 +216,8 @@ def _end_to_end(art: Artifact, log: Callable[[str], None], engines=None) -> dict
     # compares identical inputs only with the codebook rows fed back (docs/design/hart.md)
     sched, plan, geom = artifact_schedule(art), art.plan(), artifact_geometry(art)
     text = load_text_embeddings(None, d["batch"], text_channels(art), default_len=min(16, d["text_len"]))
-    settings = artifact_sampling(art, more_smooth=False)
+    has_choice = for_artifact(art).sampling.more_smooth is not None
+    settings = artifact_sampling(art, more_smooth=False if has_choice else None)
     ref_be = open_backend(art, "torch")
     ort_be = engines if engines is not None else open_backend(art, "onnxruntime")
     ref = generate(ref_be, sched, plan, geom, *text, settings, keep_logits=True)

@@ -78,7 +78,7 @@ def text_channels(art) -> int:
 
 
 def artifact_sampling(art, seed: int = 0, cfg: float | None = None, tau: float | None = None,
-                      more_smooth: bool = True) -> SamplingSettings:
+                      more_smooth: bool | None = None) -> SamplingSettings:
     """One row of sampling settings per image of the artifact's batch, the family's defaults where not given
     (guidance on or off as exported)."""
     return SamplingSettings.for_batch(for_artifact(art).sampling, art.data["batch"], seed, cfg, tau, more_smooth,

@@ -13,7 +13,7 @@ class HARTFamily(ModelFamily):
     name = "hart"
     text_encoder = "qwen2-1.5b"
     # upstream's sample.py: cfg 4.5 (the per-step weight ramps to it); 0 is unguided; no tau
-    sampling = SamplingDefaults(cfg=4.5, unguided_cfg=0.0, tau=None)
+    sampling = SamplingDefaults(cfg=4.5, unguided_cfg=0.0, tau=None, more_smooth=True)
     # the diffusion head and next_input are graphs of HART's loop (the tokenizer step is host code in Infinity's)
     loop_graph_kinds = ("condition", "step", "diffusion", "next_input")
     codebook_key = CODEBOOK_KEY
