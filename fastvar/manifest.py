@@ -35,9 +35,27 @@ def file_record(root: Path, path: Path) -> dict:
     return {"path": path.relative_to(root).as_posix(), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
+def inside(root: Path, rel: str) -> Path:
+    """``root / rel`` for a path read from a file we wrote: relative, no ``..``, and no symbolic link from
+    ``root`` down (the root itself may be one, e.g. ``engines -> /mnt/ssd``). Else an ``ArtifactError``."""
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts):
+        raise ArtifactError(f"{rel!r} (recorded in {root}) is not a path inside the artifact: relative, no '..'")
+    p = Path(root)
+    for part in parts:
+        p = p / part
+        if p.is_symlink():
+            raise ArtifactError(f"{p} is a symbolic link; an artifact's own files and folders are never links "
+                                "(re-run the command that wrote it)")
+    return p
+
+
 def verify_file(root: Path, rec: dict, hash_check: bool = True) -> str | None:
     """None if the file is as recorded, else why not."""
-    p = root / rec["path"]
+    try:
+        p = inside(root, rec["path"])
+    except ArtifactError as err:
+        return str(err)
     if not p.is_file():
         return f"{p} is missing"
     size = p.stat().st_size
@@ -105,7 +123,7 @@ class Artifact:
             raise ArtifactError(f"{self.root}: the manifest lists no graph {name!r}") from None
 
     def graph_path(self, name: str) -> Path:
-        return self.root / self.graph(name)["file"]["path"]
+        return inside(self.root, self.graph(name)["file"]["path"])
 
     def weight_path(self) -> Path:
-        return self.root / self.data["weights"][0]["path"]
+        return inside(self.root, self.data["weights"][0]["path"])

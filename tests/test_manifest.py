@@ -90,3 +90,22 @@ def test_model_names_resolve_to_their_family():
         for_model("nope").preset("nope")
     with pytest.raises(ValueError, match="unknown model family 'var'"):
         family("var")
+
+
+def test_a_file_of_the_artifact_that_is_a_link_is_refused(small, tmp_path):
+    """A graph swapped for a symbolic link to a file outside is never run; a linked artifact root is fine."""
+    art = tmp_path / "a"
+    shutil.copytree(small, art)
+    graph = art / "graphs" / "decoder.onnx"
+    outside = tmp_path / "outside.onnx"
+    shutil.move(graph, outside)
+    graph.symlink_to(outside)
+    for cmd, args in ((run_cmd, [str(art), "--out", str(tmp_path / "x.png")]), (build_cmd, [str(art), "--check-only"])):
+        r = CliRunner().invoke(cmd, args)
+        assert r.exit_code == 2 and f"{graph} is a symbolic link" in r.output, (cmd.name, r.output)
+    graph.unlink()
+    shutil.move(outside, graph)
+    linked = tmp_path / "engines"
+    linked.symlink_to(art)
+    r = CliRunner().invoke(build_cmd, [str(linked), "--check-only"])
+    assert r.exit_code == 0, r.output

@@ -57,6 +57,39 @@ def test_fresh_artifact_passes(validated, schedule):
     assert "polygraphy run" in r.output and "max rel" in r.output
 
 
+def test_the_data_loader_script_is_verified_like_every_golden(validated, tmp_path):
+    """The script `polygraphy run` is told to execute is hashed: an altered one, or an index without its
+    hash, is refused (exit 2) before anything is judged or printed."""
+    root = _copy(validated, "none", tmp_path)
+    loader = root / "goldens" / "data_loader.py"
+    original = loader.read_bytes()
+    loader.write_bytes(original.replace(b"json", b"JSON", 1))  # the same size, other code
+    r = _validate([root, "--no-e2e"])
+    assert r.exit_code == 2 and "data_loader.py does not match its recorded sha256" in r.output
+    assert "polygraphy run" not in r.output
+    loader.write_bytes(original)
+    index_path = root / "goldens" / "index.json"
+    index = json.loads(index_path.read_text())
+    del index["data_loader"]
+    index_path.write_text(json.dumps(index))
+    r = _validate([root, "--no-e2e"])
+    assert r.exit_code == 2 and "records no hash of data_loader.py" in r.output
+    index_path.write_text(json.dumps({"graphs": []}))
+    r = _validate([root, "--no-e2e"])
+    assert r.exit_code == 2 and "not a golden index" in r.output
+
+
+def test_goldens_behind_a_link_are_refused_and_nothing_is_written_through_it(validated, tmp_path):
+    root = _copy(validated, "none", tmp_path / "a")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.rmtree(root / "goldens")
+    (root / "goldens").symlink_to(elsewhere)
+    r = _validate([root, "--no-e2e"])
+    assert r.exit_code == 2 and f"{root / 'goldens'} is a symbolic link" in r.output
+    assert list(elsewhere.iterdir()) == []
+
+
 def _copy(validated, schedule, tmp_path) -> Path:
     dst = tmp_path / schedule
     shutil.copytree(validated[schedule][0], dst)

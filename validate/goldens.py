@@ -22,7 +22,7 @@ import torch
 from fastvar import graph_names as gn
 from fastvar.atomic import atomic_write_bytes, atomic_write_json
 from fastvar.family import artifact_geometry, artifact_sampling, artifact_schedule, text_channels
-from fastvar.manifest import Artifact, ArtifactError, sha256_file
+from fastvar.manifest import Artifact, ArtifactError, inside, sha256_file
 from fastvar.runtime.backends import reference_models
 from fastvar.runtime.backends.graph import GraphSession
 from fastvar.runtime.backends.torch_graphs import TorchGraphBackend
@@ -31,6 +31,7 @@ from fastvar.runtime.io import load_text_embeddings
 
 GOLDENS = "goldens"
 INDEX = "index.json"
+DATA_LOADER = "data_loader.py"
 JSON_LIMIT = 256 * 2**20  # Polygraphy's JSON is base64: beyond this, npz + the data-loader script only
 REFERENCE_RUNNER = "fastvar-torch-reference"
 
@@ -64,7 +65,7 @@ class RecordingSession:
 def write_goldens(art: Artifact, seed: int = 0, text_embeddings: str | None = None,
                   log: Callable[[str], None] = print) -> dict:
     """Record every graph's goldens from a real reference generation; returns the index."""
-    root = art.root / GOLDENS
+    root = inside(art.root, GOLDENS)  # never written through a link pointing out of the artifact
     graphs = art.data["graphs"]
     index: dict = {"seed": seed, "runner": REFERENCE_RUNNER, "graphs": {}}
 
@@ -98,7 +99,8 @@ def write_goldens(art: Artifact, seed: int = 0, text_embeddings: str | None = No
     missing = sorted(set(graphs) - set(index["graphs"]))
     if missing:
         raise ArtifactError(f"the reference run produced no goldens for {missing}")
-    atomic_write_bytes(root / "data_loader.py", _loader_script(art).encode())
+    loader = atomic_write_bytes(root / DATA_LOADER, _loader_script(art).encode())
+    index["data_loader"] = _record(art.root, loader)  # code a user is told to run: verified like every golden
     atomic_write_json(root / INDEX, index)
     log(f"goldens: {len(index['graphs'])} graphs recorded from the PyTorch reference (seed {seed}) in {root}")
     return index
@@ -128,11 +130,32 @@ def _write_run_results(path: Path, outputs: dict[str, np.ndarray]) -> Path:
 
 
 def load_index(art: Artifact) -> dict:
+    """The golden index, its shape checked: a graph's record is its export key and file records, and the
+    data-loader script has one too (an index without it predates the check: regenerate)."""
     path = art.root / GOLDENS / INDEX
     try:
-        return json.loads(path.read_text())
+        index = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise ArtifactError(f"{path}: no readable golden index ({err})") from None
+    graphs = index.get("graphs") if isinstance(index, dict) else None
+    if not isinstance(graphs, dict) or not all(_is_golden(g) for g in graphs.values()):
+        raise ArtifactError(f"{path}: not a golden index (graphs must map names to {{key, files}}); regenerate it "
+                            "with fastvar-validate --regenerate-goldens")
+    if not _is_file_record(index.get("data_loader")):
+        raise ArtifactError(f"{path}: records no hash of {DATA_LOADER}, the script `polygraphy run` is told to "
+                            "run; regenerate the goldens with fastvar-validate --regenerate-goldens")
+    return index
+
+
+def _is_file_record(rec) -> bool:
+    return (isinstance(rec, dict) and isinstance(rec.get("path"), str) and isinstance(rec.get("sha256"), str)
+            and isinstance(rec.get("bytes"), int) and not isinstance(rec.get("bytes"), bool))
+
+
+def _is_golden(g) -> bool:
+    files = g.get("files") if isinstance(g, dict) else None
+    return (isinstance(g.get("key") if isinstance(g, dict) else None, str) and isinstance(files, dict)
+            and all(_is_file_record(f) for f in files.values()))
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:

@@ -152,6 +152,9 @@ def validate(root: str, report: str | None = None, tol: list[str] | None = None,
             problems.append(f"the goldens of {name} were recorded for another export of it "
                             "(regenerate with --regenerate-goldens)")
         problems += [why for f in rec["files"].values() if (why := verify_file(art.root, f))]
+    if why := verify_file(art.root, index["data_loader"]):
+        problems.append(f"{why}: the data-loader script is code `polygraphy run` executes; regenerate the goldens "
+                        "with --regenerate-goldens")
     if problems:
         raise ValidationUsageError("; ".join(problems))
     engines = _engine_backend(art, list(art.data["graphs"])) if backend == "tensorrt" else None
