@@ -17,6 +17,7 @@ which count as graph time (and the diffusion head as multiply-adds, ``runtime/fl
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import os
@@ -42,9 +43,10 @@ from fastvar.family import (
 )
 from fastvar.manifest import Artifact
 from fastvar.runtime.backends import open_backend
-from fastvar.runtime.chain import generate
+from fastvar.runtime.chain import GenerationResult, generate
 from fastvar.runtime.flops import step_macs
 from fastvar.runtime.io import load_text_embeddings
+from fastvar.runtime.timing import Timing, time_generations
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 DEFAULT_BACKENDS = ("onnxruntime", "torch")
@@ -71,25 +73,24 @@ class Config:
     resolution: str
     schedule: str
     backend: str
-    loop_s: list[float] = field(default_factory=list)
-    e2e_s: list[float] = field(default_factory=list)
-    graph_s: list[float] = field(default_factory=list)
-    steps: dict[int, list[float]] = field(default_factory=dict)
+    timing: Timing = field(default_factory=Timing)
+    graph_s: list[float] = field(default_factory=list)  # each timed run's time inside the loop's graphs
     kv_bytes: int = 0
     peak_rss_bytes: int = 0
     macs: int = 0
     pixels: int = 0
 
     def summary(self) -> dict:
-        loop, e2e = statistics.median(self.loop_s), statistics.median(self.e2e_s)
-        overhead = [(lp - g) / lp for lp, g in zip(self.loop_s, self.graph_s, strict=True)]
+        loop_s = self.timing.seconds("loop_s")
+        e2e_s = [lp + dc for lp, dc in zip(loop_s, self.timing.seconds("decode_s"), strict=True)]
+        loop, e2e = statistics.median(loop_s), statistics.median(e2e_s)
+        overhead = [(lp - g) / lp for lp, g in zip(loop_s, self.graph_s, strict=True)]
         return {
             "resolution": self.resolution, "schedule": self.schedule, "backend": self.backend,
-            "pixels": self.pixels, "runs": len(self.loop_s),
-            "loop_median_s": loop, "loop_min_s": min(self.loop_s), "loop_max_s": max(self.loop_s),
-            "e2e_median_s": e2e, "e2e_min_s": min(self.e2e_s), "e2e_max_s": max(self.e2e_s),
-            "runtime_overhead_share": statistics.median(overhead),
-            "steps_median_s": {str(k): statistics.median(v) for k, v in sorted(self.steps.items())},
+            "pixels": self.pixels, "runs": len(loop_s),
+            "loop_median_s": loop, "loop_min_s": min(loop_s), "loop_max_s": max(loop_s),
+            "e2e_median_s": e2e, "e2e_min_s": min(e2e_s), "e2e_max_s": max(e2e_s),
+            "runtime_overhead_share": statistics.median(overhead), "steps_median_s": self.timing.steps_median(),
             "kv_cache_bytes": self.kv_bytes, "peak_rss_bytes": self.peak_rss_bytes,
             "gmacs": self.macs / 1e9, "achieved_gflops": 2 * self.macs / loop / 1e9,
         }
@@ -164,18 +165,8 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
                 _reset_peak_rss()
                 be = open_backend(engine_art if backend == "tensorrt" else art, backend, _device(backend))
                 c = Config(res, spec, backend, macs=sum(m.macs for m in macs), pixels=d["pixels"][0] * d["pixels"][1])
-                for r in range(opts.warmup + opts.runs):
-                    g0 = be.graph_seconds(family.loop_graphs)
-                    out = generate(be, sched, plan, geom, *text, settings)
-                    if r < opts.warmup:
-                        continue
-                    t = out.timings
-                    c.loop_s.append(t["loop_s"])
-                    c.e2e_s.append(t["loop_s"] + t["decode_s"])
-                    c.graph_s.append(be.graph_seconds(family.loop_graphs) - g0)
-                    for s in t["steps"]:
-                        c.steps.setdefault(s["index"], []).append(s["seconds"])
-                c.kv_bytes, c.peak_rss_bytes = be.kv_bytes, _peak_rss()
+                _measure(c, be, family.loop_graphs, functools.partial(generate, be, sched, plan, geom, *text, settings),
+                         opts)
                 configs.append(c)
                 s = c.summary()
                 log(f"{res} {spec:>8} {backend:>11}: loop {s['loop_median_s']:.3f}s "
@@ -188,6 +179,21 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
     _write(opts, report, log)
     (Path(opts.out) / "partial.json").unlink(missing_ok=True)
     return report
+
+
+def _measure(c: Config, be, loop_graphs: tuple[str, ...], generate_once: Callable[[], GenerationResult],
+             opts: BenchOptions) -> None:
+    """Time ``opts.warmup + opts.runs`` generations into ``c``, with the time each spends in the loop's graphs
+    (the rest of the loop is the runtime's own overhead)."""
+    def once() -> GenerationResult:
+        g0 = be.graph_seconds(loop_graphs)
+        out = generate_once()
+        c.graph_s.append(be.graph_seconds(loop_graphs) - g0)
+        return out
+
+    c.timing = time_generations(once, opts.warmup, opts.runs)
+    c.graph_s = c.graph_s[opts.warmup:]
+    c.kv_bytes, c.peak_rss_bytes = be.kv_bytes, _peak_rss()
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,17 @@ SCRIPT = REPO / "tools" / "gpu_check.py"
 
 
 def _load():
+    """The entry point, loaded as a module; it puts tools/ on sys.path, so its sections import as gpucheck.*."""
     spec = importlib.util.spec_from_file_location("fastvar_gpu_check", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up
+    sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def _restore_module():
+    _load()
+    return importlib.import_module("gpucheck.restore")
 
 
 def _run(out: Path, *args: str, env_extra: dict | None = None, prefix: list[str] | None = None,
@@ -43,7 +49,7 @@ def test_cpu_quick_run_passes_every_section(tmp_path):
     secs = report["sections"]
     assert set(secs) == {"environment", "restore_exactness", "bandwidth", "speedup", "hart"}
     assert secs["environment"]["torch"] and secs["environment"]["TRITON_INTERPRET"] == "1"
-    assert Path(report["fastvar_from"]) == REPO  # the checkout's code, whatever is installed
+    assert Path(report["fastvar_from"]) == REPO  # the installed package: here the checkout's editable install
 
     r = secs["restore_exactness"]
     assert r["status"] == "passed" and r["failed"] == 0 and r["passed"] == len(r["cases"]) >= 10
@@ -101,7 +107,7 @@ def test_planted_mismatch_fails_the_check_and_bandwidth_code_runs(tmp_path):
 
 
 def test_cuda_case_list_covers_the_kernels_dtypes_and_2b_and_hart_geometries():
-    gc = _load()
+    gc = _restore_module()
     cases = gc.build_cases("cuda", quick=False)
     runs = {(c.dtype, k) for c in cases for k in c.kernels}
     assert runs == {(d, k) for d in ("float32", "float16", "bfloat16") for k in ("two-launch", "fused", "fused-add")}
@@ -126,7 +132,7 @@ def test_cuda_case_list_covers_the_kernels_dtypes_and_2b_and_hart_geometries():
 
 
 def test_case_comparison_against_both_references():
-    gc = _load()
+    gc = _restore_module()
     from fastvar.plugins.restore.reference import restore_reference
 
     def off_by_one(*a, **kw):
@@ -164,8 +170,8 @@ def test_exit_status_follows_exactness_then_errors():
     assert "exit status 1" in gc.summary(rep(restore="failed"))
 
 
-def test_runs_from_the_checkout_without_the_package_installed(tmp_path):
-    """The GPU machine has torch and Triton but not this package: the script maps it onto the checkout."""
+def test_without_the_package_installed_it_says_how_to_install_it(tmp_path):
+    """The check runs the installed package; without one it stops at once and says how to install it."""
     hide = ("import runpy, sys, importlib.util;"
             "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in type(f).__module__.lower()"
             " and 'editable' not in repr(f).lower()];"
@@ -175,9 +181,10 @@ def test_runs_from_the_checkout_without_the_package_installed(tmp_path):
             f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')")
     done, report = _run(tmp_path, "--device", "cpu", "--sections", "env", prefix=[sys.executable, "-c", hide],
                         cwd=tmp_path)  # not the checkout: `python -c` puts the working folder on sys.path
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert Path(report["fastvar_from"]) == REPO
-    assert report["sections"]["environment"]["status"] == "done"
+    assert done.returncode == 1 and report is None, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "cannot import fastvar" in done.stderr and "pip install -e ." in done.stderr
+    assert "pip wheel --no-deps --no-build-isolation -w .whl ." in done.stderr
+    assert "--target /tmp/site .whl/*.whl" in done.stderr and "PYTHONPATH=/tmp/site" in done.stderr
 
 
 def test_without_cuda_the_gpu_run_reports_why_and_fails(tmp_path):
