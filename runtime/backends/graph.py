@@ -10,6 +10,7 @@ cache prefix and its new K/V as the slice right after it, so a session that writ
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Protocol
 
 import numpy as np
@@ -52,6 +53,48 @@ def check_input(graph: str, name: str, t: torch.Tensor, spec: dict) -> None:
     if list(t.shape) != spec["shape"] or t.dtype != TORCH_DTYPES[spec["dtype"]]:
         raise ArtifactError(f"{graph}: input {name} is {tuple(t.shape)} {t.dtype}, the graph takes "
                             f"{tuple(spec['shape'])} {spec['dtype']}")
+
+
+class HostSession:
+    """A session that computes on the host: inputs collected, outputs copied into the tensors bound to them (a
+    KV slice, or a buffer made here). Subclasses give ``compute``: the outputs in the graph's order."""
+
+    def __init__(self, art: Artifact, name: str) -> None:
+        rec = art.graph(name)
+        self.name, self.kind = name, rec["kind"]
+        self.inputs = {t["name"]: t for t in rec["inputs"]}
+        self.outputs = {t["name"]: t for t in rec["outputs"]}
+        self.fed: dict[str, torch.Tensor] = {}
+        self.bound: dict[str, torch.Tensor] = {}
+        self.run_seconds = 0.0
+
+    def compute(self, fed: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def feed(self, name: str, t: torch.Tensor) -> None:
+        check_input(self.name, name, t, self.inputs[name])
+        self.fed[name] = t
+
+    def output(self, name: str, t: torch.Tensor | None = None) -> torch.Tensor:
+        if t is None:
+            spec = self.outputs[name]
+            t = torch.empty(spec["shape"], dtype=TORCH_DTYPES[spec["dtype"]])
+        self.bound[name] = t
+        return t
+
+    def run(self) -> dict[str, torch.Tensor]:
+        t0 = time.perf_counter()
+        results = self.compute(self.fed)
+        self.run_seconds += time.perf_counter() - t0
+        for n, r in zip(self.outputs, results, strict=True):
+            (self.bound[n] if n in self.bound else self.output(n)).copy_(r)
+        return {n: self.bound[n] for n in self.outputs}
+
+    def seconds(self) -> float:
+        return self.run_seconds
+
+    def release(self) -> None:
+        self.fed, self.bound = {}, {}
 
 
 class GraphBackend(HARTGraphCalls):

@@ -8,15 +8,12 @@ implementation of the ONNX Runtime custom op; everything else is standard ONNX.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
-from fastvar.export.graphs import TORCH_DTYPES
 from fastvar.export.weight_store import read_store
 from fastvar.manifest import Artifact
-from fastvar.runtime.backends.graph import GraphBackend, check_input
+from fastvar.runtime.backends.graph import GraphBackend, HostSession
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -93,49 +90,21 @@ def _fp32_accumulating_ops():
     return [MatMul, Softmax]
 
 
-class _RefSession:
-    """One graph under the reference evaluator: inputs collected, outputs computed, then copied into the
-    tensors bound to them (a KV slice, or a buffer made here)."""
+class _RefSession(HostSession):
+    """One graph under the reference evaluator."""
 
     def __init__(self, art: Artifact, name: str, weights: dict[str, np.ndarray], ops: list) -> None:
         import onnx
         from onnx.reference import ReferenceEvaluator
 
-        rec = art.graph(name)
-        self.name, self.kind = name, rec["kind"]
-        self.inputs = {t["name"]: t for t in rec["inputs"]}
-        self.outputs = {t["name"]: t for t in rec["outputs"]}
-        self.weights = {w: weights[w] for w in rec["weights"]}
+        super().__init__(art, name)
+        self.weights = {w: weights[w] for w in art.graph(name)["weights"]}
         self.evaluator = ReferenceEvaluator(onnx.load(str(art.graph_path(name))), new_ops=ops)
-        self.fed: dict[str, np.ndarray] = {}
-        self.bound: dict[str, torch.Tensor] = {}
-        self.eval_seconds = 0.0
 
-    def feed(self, name: str, t: torch.Tensor) -> None:
-        check_input(self.name, name, t, self.inputs[name])
-        self.fed[name] = to_numpy(t.cpu())
-
-    def output(self, name: str, t: torch.Tensor | None = None) -> torch.Tensor:
-        if t is None:
-            spec = self.outputs[name]
-            t = torch.empty(spec["shape"], dtype=TORCH_DTYPES[spec["dtype"]])
-        self.bound[name] = t
-        return t
-
-    def run(self) -> dict[str, torch.Tensor]:
-        names = list(self.outputs)
-        t0 = time.perf_counter()
-        results = self.evaluator.run(names, {**self.fed, **self.weights})
-        self.eval_seconds += time.perf_counter() - t0
-        for n, a in zip(names, results, strict=True):
-            self.bound[n].copy_(from_numpy(np.asarray(a)))
-        return {n: self.bound[n] for n in names}
-
-    def seconds(self) -> float:
-        return self.eval_seconds
-
-    def release(self) -> None:
-        self.fed, self.bound = {}, {}
+    def compute(self, fed: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        feeds = {n: to_numpy(t.cpu()) for n, t in fed.items()}
+        results = self.evaluator.run(list(self.outputs), {**feeds, **self.weights})
+        return [from_numpy(np.asarray(a)) for a in results]
 
 
 class OnnxReferenceBackend(GraphBackend):

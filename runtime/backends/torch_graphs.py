@@ -8,56 +8,27 @@ reference model's own code with the model's own weights, unchunked attention and
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import torch
 
-from fastvar.export.graphs import TORCH_DTYPES, Shapes, weight_tensors
+from fastvar.export.graphs import Shapes, weight_tensors
 from fastvar.family import artifact_schedule, for_artifact
 from fastvar.manifest import Artifact
-from fastvar.runtime.backends.graph import GraphBackend, GraphSession, check_input
+from fastvar.runtime.backends.graph import GraphBackend, GraphSession, HostSession
 
 
-class TorchGraphSession:
-    """One graph's traced module, run eagerly: inputs collected, outputs copied into the tensors bound to
-    them (a KV slice, or a buffer made here)."""
+class TorchGraphSession(HostSession):
+    """One graph's traced module, run eagerly on the model's own weights."""
 
     def __init__(self, art: Artifact, name: str, module: torch.nn.Module, weights: list[torch.Tensor]) -> None:
-        rec = art.graph(name)
-        self.name, self.kind, self.module, self.weights = name, rec["kind"], module, weights
-        self.inputs = {t["name"]: t for t in rec["inputs"]}
-        self.outputs = {t["name"]: t for t in rec["outputs"]}
-        self.fed: dict[str, torch.Tensor] = {}
-        self.bound: dict[str, torch.Tensor] = {}
-        self.run_seconds = 0.0
+        super().__init__(art, name)
+        self.module, self.weights = module, weights
 
-    def feed(self, name: str, t: torch.Tensor) -> None:
-        check_input(self.name, name, t, self.inputs[name])
-        self.fed[name] = t
-
-    def output(self, name: str, t: torch.Tensor | None = None) -> torch.Tensor:
-        if t is None:
-            spec = self.outputs[name]
-            t = torch.empty(spec["shape"], dtype=TORCH_DTYPES[spec["dtype"]])
-        self.bound[name] = t
-        return t
-
-    def run(self) -> dict[str, torch.Tensor]:
-        t0 = time.perf_counter()
+    def compute(self, fed: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         with torch.inference_mode():
-            res = self.module(*(self.fed[n] for n in self.inputs), *self.weights)
-        self.run_seconds += time.perf_counter() - t0
-        res = res if isinstance(res, tuple) else (res,)
-        for n, t in zip(self.outputs, res, strict=True):
-            self.bound.setdefault(n, torch.empty_like(t, dtype=TORCH_DTYPES[self.outputs[n]["dtype"]])).copy_(t)
-        return {n: self.bound[n] for n in self.outputs}
-
-    def seconds(self) -> float:
-        return self.run_seconds
-
-    def release(self) -> None:
-        self.fed, self.bound = {}, {}
+            res = self.module(*(fed[n] for n in self.inputs), *self.weights)
+        return list(res) if isinstance(res, tuple) else [res]
 
 
 class TorchGraphBackend(GraphBackend):
