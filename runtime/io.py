@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +38,47 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():  # each member's .npy header, bounded before numpy allocates anything
+                with z.open(info) as f:
+                    try:
+                        _check_npy_header(f, info.file_size)
+                    except ValueError as err:
+                        raise ValueError(f"member {info.filename}: {err}") from None
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise ValueError(f"{path} is not a readable .npz archive ({err})") from None
+
+
+def read_npy(path: str | os.PathLike, what: str) -> np.ndarray:
+    """One array from a .npy file, its header's shape checked against the file's size before loading (a small
+    file cannot claim a huge array); an .npz archive or a pickle is refused."""
+    try:
+        with open(path, "rb") as f:
+            _check_npy_header(f, os.fstat(f.fileno()).st_size)
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{what} {path}: not a readable .npy array ({err})") from None
+
+
+def _check_npy_header(f, size: int) -> None:
+    from numpy.lib import format as npy
+
+    try:
+        version = npy.read_magic(f)
+        readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+        if version not in readers:
+            raise ValueError(f".npy format version {version[0]}.{version[1]} is not read here (1.0 and 2.0 are)")
+        shape, _, dtype = readers[version](f)
+    except ValueError as err:
+        raise ValueError(f"not an .npy array: {err}") from None
+    if dtype.hasobject:
+        raise ValueError("it holds Python objects (pickles are never loaded)")
+    want = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if want > size - f.tell():
+        raise ValueError(f"its header claims shape {shape} ({want} bytes) but the file holds {size - f.tell()} "
+                         "bytes of data")
 
 
 def write_json(path: str | os.PathLike, obj) -> Path:
@@ -57,10 +95,7 @@ def load_text_embeddings(path: str | os.PathLike | None, batch: int, channels: i
         g = torch.Generator().manual_seed(1234)
         text = torch.randn((1, default_len, channels), generator=g)
     else:
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"--text-embeddings {path}: not a readable .npy array ({err})") from None
+        arr = read_npy(path, "--text-embeddings")
         if arr.ndim == 2:
             arr = arr[None]
         if arr.ndim != 3 or arr.shape[-1] != channels or arr.shape[1] == 0:
@@ -71,6 +106,10 @@ def load_text_embeddings(path: str | os.PathLike | None, batch: int, channels: i
         if not np.issubdtype(arr.dtype, np.floating):
             raise ValueError(f"--text-embeddings {path}: dtype {arr.dtype}; expected a float array")
         text = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+        bad = (~torch.isfinite(text)).nonzero()
+        if len(bad):
+            raise ValueError(f"--text-embeddings {path}: holds a non-finite value (NaN or infinity) at "
+                             f"{tuple(bad[0].tolist())}; a NaN in the text gives a meaningless image")
     if text.shape[0] == 1 and batch > 1:
         text = text.expand(batch, -1, -1).contiguous()
     elif text.shape[0] != batch:

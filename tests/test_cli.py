@@ -138,3 +138,27 @@ def test_forced_tokens_must_be_bits(tmp_path):
     r = CliRunner().invoke(run_cmd, [*base, "--out", str(tmp_path / "b.png"),
                                      "--force-tokens", str(tmp_path / "bad.npz")])
     assert r.exit_code == 2 and "scale_02 holds values other than 0 and 1" in r.output
+
+
+def _header_only(f, shape):
+    """An .npy file whose header claims ``shape`` but which holds 16 bytes of data."""
+    from numpy.lib import format as npy
+
+    npy.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    f.write(b"\0" * 16)
+
+
+@pytest.mark.parametrize("flag,make,msg", [
+    ("--text-embeddings", lambda p: np.savez(p, t=np.zeros((4, 2048), np.float32)), "not an .npy array"),
+    ("--text-embeddings", lambda p: _header_only(p, (10**12, 2048)), "its header claims shape (1000000000000, 2048)"),
+    ("--text-embeddings", lambda p: np.save(p, np.full((4, 2048), np.nan, np.float32)), "non-finite value"),
+    ("--force-tokens", lambda p: np.save(p, np.zeros((1, 1, 1, 32), np.uint8)), "is not a readable .npz archive"),
+])
+def test_hostile_arrays_are_refused_before_anything_is_allocated(tmp_path, flag, make, msg):
+    path = tmp_path / "x.bin"
+    with open(path, "wb") as f:
+        make(f)
+    r = CliRunner().invoke(run_cmd, ["--random-init", "--res", "256", "--tau", "1", flag, str(path),
+                                     "--out", str(tmp_path / "x.png")])
+    assert r.exit_code == 2 and msg in r.output, r.output
+    assert not (tmp_path / "x.png").exists()
