@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import fastvar
-from fastvar.atomic import atomic_write_bytes, atomic_write_json
+from fastvar.atomic import TEMP_SUFFIX, atomic_write_bytes, atomic_write_json
 from fastvar.export.graphs import GraphDef, Shapes, weight_tensors
 from fastvar.export.memory_plan import MemoryPlan
 from fastvar.export.models.factory import ModelOptions, build_pair
@@ -45,6 +45,7 @@ class ExportOptions(ModelOptions):
     force: bool = False
     gpu_memory: float | None = None
     attention_budget_mib: float | None = None  # None: 512 for onnxruntime, unchunked for TensorRT/onnx
+    allow_nonempty: bool = False  # write into a non-empty directory that is not an artifact
 
     def resolved_attention_budget(self) -> int | None:
         """Bytes one chunk of decomposed attention may hold; TensorRT fuses attention, so no chunking."""
@@ -193,6 +194,9 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
     root = Path(opts.out) if opts.out else default_out(opts)
     if root.exists() and not root.is_dir():
         raise ValueError(f"--out {root} exists and is not a directory")
+    if root.is_dir() and not (root / MANIFEST).is_file() and any(root.iterdir()) and not opts.allow_nonempty:
+        raise ValueError(f"--out {root} is a non-empty directory that is not an artifact (no {MANIFEST}); give an "
+                         "empty or new directory, or --allow-nonempty to write the artifact among its files")
     root.mkdir(parents=True, exist_ok=True)
     restore_op = opts.resolved_restore_op()
     from fastvar.plugins.restore.onnx_op import register_schema, translation_table
@@ -329,10 +333,12 @@ def _previous(root: Path, force: bool) -> dict:
 
 
 def _sweep_temp_files(root: Path) -> None:
-    """Remove what an interrupted atomic write left behind (``.name.XXXX.tmp``): never a finished file."""
-    for p in root.rglob(".*.tmp"):
-        if p.is_file():
-            p.unlink()
+    """Remove what an interrupted atomic write of ours left behind (``.name.XXXX.fastvar.tmp``, in the artifact
+    and its own folders, not below them): never a finished file, nobody else's temp file."""
+    for folder in (root, *(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())):
+        for p in folder.glob(f".*{TEMP_SUFFIX}"):
+            if p.is_file() and not p.is_symlink():
+                p.unlink()
 
 
 def _write_manifest(root: Path, manifest: dict) -> None:

@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+TEMP_SUFFIX = ".fastvar.tmp"  # ours alone: a sweep after an interrupted write removes only these
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
@@ -25,7 +27,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
             yield tmp
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     os.close(fd)
     try:
         yield tmp
@@ -61,7 +63,7 @@ def _special_kind(path: Path) -> str | None:
 @contextlib.contextmanager
 def _written_through(path: Path, kind: str) -> Iterator[str]:
     """Collect the output in a private temp file, then copy it into the device or FIFO as it stands."""
-    fd, tmp = tempfile.mkstemp(prefix=".fastvar-out.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(prefix=".fastvar-out.", suffix=TEMP_SUFFIX)
     os.close(fd)
     try:
         yield tmp

@@ -167,8 +167,11 @@ def run_cmd(ctx, artifact, backend, device, model_name, ckpt, vae_path, random_i
               "plan that does not fit, saying by how much.")
 @click.option("--out", type=click.Path(file_okay=False), help="Artifact directory [default: under engines/].")
 @click.option("--force", is_flag=True, help="Rebuild everything, even what is up to date.")
+@click.option("--allow-nonempty", is_flag=True, help="Let --out name a non-empty directory that is not an artifact "
+              "(its other files are left alone).")
 def export_cmd(model_name, ckpt, vae_path, random_init, depth, weights_seed, res, aspect, schedule, precision, batch,
-               text_len, guidance, backend, restore_op, attention_budget, plan_only, gpu_memory, out, force) -> None:
+               text_len, guidance, backend, restore_op, attention_budget, plan_only, gpu_memory, out, force,
+               allow_nonempty) -> None:
     """Compile a model for one resolution and aspect into per-scale static ONNX graphs, one weight store and
     a manifest.
 
@@ -179,7 +182,8 @@ def export_cmd(model_name, ckpt, vae_path, random_init, depth, weights_seed, res
     opts = ExportOptions(model=model_name, ckpt=ckpt, vae=vae_path, random_init=random_init, depth=depth,
                          weights_seed=weights_seed, res=res, aspect=aspect, schedule=schedule, precision=precision,
                          batch=batch, text_len=text_len, guidance=guidance, backend=backend, restore_op=restore_op,
-                         out=out, force=force, gpu_memory=gpu_memory, attention_budget_mib=attention_budget)
+                         out=out, force=force, gpu_memory=gpu_memory, attention_budget_mib=attention_budget,
+                         allow_nonempty=allow_nonempty)
     try:
         if plan_only:
             mem = plan_memory(opts)

@@ -46,3 +46,25 @@ def test_bad_inputs_are_specific(tmp_path):
         assert r.exit_code == 2 and "'nan' is not a finite number" in r.output, flag
     r = _export(["--model", "infinity-tiny", "--random-init", "--schedule", ",", "--plan"])
     assert r.exit_code == 2 and "names no step" in r.output
+
+
+def test_export_deletes_no_file_it_does_not_own(tmp_path):
+    """A non-empty directory that is not an artifact is refused (its files untouched) unless --allow-nonempty;
+    then only our own leftover temp files are swept, never another program's ``.*.tmp`` or a nested one."""
+    out = tmp_path / "mine"
+    (out / "graphs" / "deep").mkdir(parents=True)
+    theirs = [out / ".notes.tmp", out / "graphs" / ".editor.swp.tmp", out / "graphs" / "deep" / ".x.fastvar.tmp"]
+    for p in theirs:
+        p.write_text("keep me")
+    ours = out / "graphs" / ".decoder.onnx.abc123.fastvar.tmp"  # what an interrupted write of ours leaves
+    ours.write_text("partial")
+    args = ["--model", "infinity-tiny", "--random-init", "--res", "256", "--schedule", "none", "--text-len", "8",
+            "--out", str(out)]
+    r = _export(args)
+    assert r.exit_code == 2 and "is a non-empty directory that is not an artifact" in r.output
+    assert all(p.read_text() == "keep me" for p in theirs) and ours.exists()
+    r = _export([*args, "--allow-nonempty"])
+    assert r.exit_code == 0, r.output
+    assert all(p.read_text() == "keep me" for p in theirs) and not ours.exists()
+    assert (out / "manifest.json").is_file()
+    assert _export(args).exit_code == 0  # an artifact now: a re-run needs no flag
