@@ -102,10 +102,10 @@ class _RefSession:
         from onnx.reference import ReferenceEvaluator
 
         rec = art.graph(name)
-        self.name, self.kind = name, rec["kind"]
-        self.inputs = {t["name"]: t for t in rec["inputs"]}
-        self.outputs = {t["name"]: t for t in rec["outputs"]}
-        self.weights = {w: weights[w] for w in rec["weights"]}
+        self.name, self.kind = name, rec.kind
+        self.inputs = {t.name: t for t in rec.inputs}
+        self.outputs = {t.name: t for t in rec.outputs}
+        self.weights = {w: weights[w] for w in rec.weights}
         self.evaluator = ReferenceEvaluator(onnx.load(str(art.graph_path(name))), new_ops=ops)
         self.fed: dict[str, np.ndarray] = {}
         self.bound: dict[str, torch.Tensor] = {}
@@ -118,7 +118,7 @@ class _RefSession:
     def output(self, name: str, t: torch.Tensor | None = None) -> torch.Tensor:
         if t is None:
             spec = self.outputs[name]
-            t = torch.empty(spec["shape"], dtype=TORCH_DTYPES[spec["dtype"]])
+            t = torch.empty(spec.shape, dtype=TORCH_DTYPES[spec.dtype])
         self.bound[name] = t
         return t
 
@@ -146,5 +146,5 @@ class OnnxReferenceBackend(GraphBackend):
         ops = [_gather_elements_op(), *_fp32_accumulating_ops(), *(_restore_op() if art.has_plugin_nodes else ())]
         sessions = {name: _RefSession(art, name, weights, ops) for name in art.run_graphs()}
         self._setup(art, torch.device("cpu"), sessions)
-        codebook = art.data.get("codebook")
+        codebook = art.manifest.codebook
         self.codebook = torch.from_numpy(weights[codebook]) if codebook else None

@@ -25,9 +25,9 @@ class TorchGraphSession:
 
     def __init__(self, art: Artifact, name: str, module: torch.nn.Module, weights: list[torch.Tensor]) -> None:
         rec = art.graph(name)
-        self.name, self.kind, self.module, self.weights = name, rec["kind"], module, weights
-        self.inputs = {t["name"]: t for t in rec["inputs"]}
-        self.outputs = {t["name"]: t for t in rec["outputs"]}
+        self.name, self.kind, self.module, self.weights = name, rec.kind, module, weights
+        self.inputs = {t.name: t for t in rec.inputs}
+        self.outputs = {t.name: t for t in rec.outputs}
         self.fed: dict[str, torch.Tensor] = {}
         self.bound: dict[str, torch.Tensor] = {}
         self.run_seconds = 0.0
@@ -39,7 +39,7 @@ class TorchGraphSession:
     def output(self, name: str, t: torch.Tensor | None = None) -> torch.Tensor:
         if t is None:
             spec = self.outputs[name]
-            t = torch.empty(spec["shape"], dtype=TORCH_DTYPES[spec["dtype"]])
+            t = torch.empty(spec.shape, dtype=TORCH_DTYPES[spec.dtype])
         self.bound[name] = t
         return t
 
@@ -50,7 +50,7 @@ class TorchGraphSession:
         self.run_seconds += time.perf_counter() - t0
         res = res if isinstance(res, tuple) else (res,)
         for n, t in zip(self.outputs, res, strict=True):
-            self.bound.setdefault(n, torch.empty_like(t, dtype=TORCH_DTYPES[self.outputs[n]["dtype"]])).copy_(t)
+            self.bound.setdefault(n, torch.empty_like(t, dtype=TORCH_DTYPES[self.outputs[n].dtype])).copy_(t)
         return {n: self.bound[n] for n in self.outputs}
 
     def seconds(self) -> float:
@@ -67,15 +67,15 @@ class TorchGraphBackend(GraphBackend):
 
     def __init__(self, art: Artifact, model, decoder,
                  wrap: Callable[[GraphSession], GraphSession] | None = None) -> None:
-        d, fam = art.data, for_artifact(art)
-        shapes = Shapes(batch=d["batch"], text_len=d["text_len"], guidance=d["guidance"])
+        m, fam = art.manifest, for_artifact(art)
+        shapes = Shapes(batch=m.batch, text_len=m.text_len, guidance=m.guidance)
         graphs = fam.graphs(model, decoder, artifact_schedule(art), art.plan(), shapes, {}, None)
         weights = weight_tensors(model)
         sessions = {}
         for g in graphs:
             gd = g.definition()  # the module takes the model's own weights (the store may hold derived ones)
-            if gd.name in d["graphs"]:
+            if gd.name in m.graphs:
                 s = TorchGraphSession(art, gd.name, g.module().eval(), [weights[w] for w in gd.weights])
                 sessions[gd.name] = wrap(s) if wrap is not None else s
         self._setup(art, torch.device("cpu"), sessions)
-        self.codebook = fam.extra_weights(decoder).get(d.get("codebook"))
+        self.codebook = fam.extra_weights(decoder).get(m.codebook)
