@@ -19,6 +19,7 @@ from pathlib import Path
 from fastvar.atomic import atomic_write_bytes, atomic_write_json
 from fastvar.compat import EngineRecord
 from fastvar.manifest import MANIFEST, Artifact, ArtifactError, sha256_file
+from fastvar.manifest_schema import EngineFile
 
 ENGINE_DIR = "engines"
 
@@ -162,25 +163,25 @@ class EngineBuilder:
             atomic_write_bytes(self.cache_path, bytes(memoryview(self.cache.serialize())))
 
 
-def _stale_reason(art: Artifact, name: str, rec: dict | None, trt_version: str, cc: str, fingerprint: dict,
+def _stale_reason(art: Artifact, name: str, rec: EngineFile | None, trt_version: str, cc: str, fingerprint: dict,
                   triton_version: str | None, opts: BuildOptions) -> str | None:
     """Why ``name``'s engine must be (re)built, or None when the recorded one is current."""
     if rec is None:
         return "no engine yet"
-    built = rec.get("builder", {})
+    built = rec.builder
     if built.get("optimization_level") != opts.optimization_level or built.get("flags") != opts.flags():
         return (f"built at optimisation level {built.get('optimization_level')} with {built.get('flags')}, asked for "
                 f"{opts.optimization_level} with {opts.flags()}")
-    if rec.get("graph_key") != art.graph(name)["key"]:
+    if rec.graph_key != art.graph(name).key:
         return "the graph changed since the build"
-    if rec.get("tensorrt_version") != trt_version or rec.get("compute_capability") != cc:
-        return f"built for TensorRT {rec.get('tensorrt_version')} on sm {rec.get('compute_capability')}"
-    if rec.get("plugin", {}).get("ptx_sha256") != fingerprint.get("ptx_sha256"):
+    if rec.tensorrt_version != trt_version or rec.compute_capability != cc:
+        return f"built for TensorRT {rec.tensorrt_version} on sm {rec.compute_capability}"
+    if rec.plugin.get("ptx_sha256") != fingerprint.get("ptx_sha256"):
         return "the plugin kernel changed"
-    if fingerprint and rec.get("triton_version") != triton_version:
-        return f"its plugin PTX came from Triton {rec.get('triton_version')}, this is {triton_version}"
-    path = art.root / rec["path"]
-    if not path.is_file() or path.stat().st_size != rec.get("bytes"):
+    if fingerprint and rec.triton_version != triton_version:
+        return f"its plugin PTX came from Triton {rec.triton_version}, this is {triton_version}"
+    path = art.root / rec.path
+    if not path.is_file() or path.stat().st_size != rec.bytes:
         return "the plan file is missing or truncated"
     return None
 
@@ -196,7 +197,7 @@ def build_engines(root: str | Path, opts: BuildOptions | None = None, log: Calla
     opts.validate()
     art = Artifact.load(root)
     art.verify()
-    known = list(art.data["graphs"]) if opts.validation else art.run_graphs()
+    known = list(art.manifest.graphs) if opts.validation else art.run_graphs()
     names = list(opts.graphs) or known
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -216,13 +217,13 @@ def build_engines(root: str | Path, opts: BuildOptions | None = None, log: Calla
         art.root / ENGINE_DIR / f"timing.trt{trt_version}.sm{cc.replace('.', '')}.cache")
     builder = EngineBuilder(trt, cc, opts, cache_path, log)
     triton_version = _triton_version()
-    engines = dict(art.data.get("engines", {}))
-    built = 0
+    engines = dict(art.data.get("engines") or {})  # the manifest's table as written, updated as engines are built
+    built: list[str] = []
     for name in names:
         model = onnx.load(str(art.graph_path(name)), load_external_data=False)
         fingerprint = plugin_fingerprint(model, builder.arch)
-        why = "--force" if opts.force else _stale_reason(art, name, engines.get(name), trt_version, cc, fingerprint,
-                                                          triton_version, opts)
+        why = "--force" if opts.force else None if name in built else _stale_reason(
+            art, name, art.manifest.engines.get(name), trt_version, cc, fingerprint, triton_version, opts)
         if why is None:
             log(f"{name}: engine up to date ({engines[name]['path']})")
             continue
@@ -232,18 +233,18 @@ def build_engines(root: str | Path, opts: BuildOptions | None = None, log: Calla
         rel = engine_file(name, trt_version, cc)
         atomic_write_bytes(art.root / rel, plan)
         rec = EngineRecord(path=rel, sha256=sha256_file(art.root / rel), tensorrt_version=trt_version,
-                           compute_capability=cc, precision=art.data["precision"], plugin=fingerprint,
+                           compute_capability=cc, precision=art.manifest.precision, plugin=fingerprint,
                            triton_version=triton_version if fingerprint else None,
                            builder={"optimization_level": opts.optimization_level,
                                     "workspace_mib": opts.workspace_mib, "flags": opts.flags(),
                                     "timing_cache": cache_path.name})
-        engines[name] = {**rec.to_dict(), "graph": name, "graph_key": art.graph(name)["key"], "bytes": len(plan),
+        engines[name] = {**rec.to_dict(), "graph": name, "graph_key": art.graph(name).key, "bytes": len(plan),
                          "build_s": round(time.perf_counter() - t0, 3)}
         _save_engines(art, engines)
-        built += 1
+        built.append(name)
         log(f"{name}: {rel} ({len(plan) / 2**20:.1f} MiB, {time.perf_counter() - t0:.1f} s)")
     _save_engines(art, engines)
-    log(f"{built} engine(s) built, {len(names) - built} up to date; timing cache {cache_path}")
+    log(f"{len(built)} engine(s) built, {len(names) - len(built)} up to date; timing cache {cache_path}")
     return engines
 
 

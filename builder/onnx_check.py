@@ -97,16 +97,15 @@ def check_model(model: onnx.ModelProto | str | os.PathLike, *, precision: str, g
 
 def check_artifact(art: Artifact) -> dict[str, list[Violation]]:
     """Every graph the manifest lists (all kinds, validation variants included) -> its violations."""
-    precision = art.data.get("precision", "fp32")
-    if not art.data["graphs"]:
+    if not art.manifest.graphs:
         raise ArtifactError(f"{art.root}: the manifest lists no graphs; re-run fastvar-export")
     out: dict[str, list[Violation]] = {}
-    for name in art.data["graphs"]:
+    for name in art.manifest.graphs:
         path = art.graph_path(name)
         if not path.is_file():
             out[name] = [Violation(name, "", "", "file", f"{path} is missing; re-run fastvar-export on {art.root}")]
             continue
-        out[name] = check_model(path, precision=precision, graph=name)
+        out[name] = check_model(path, precision=art.manifest.precision, graph=name)
     return out
 
 

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastvar.manifest_schema import Manifest, ManifestError
+from fastvar.manifest_schema import FileRecord, GraphRecord, Manifest, ManifestError
 from fastvar.plan import PrunePlan
 
 FORMAT_VERSION = 1
@@ -50,18 +50,20 @@ def inside(root: Path, rel: str) -> Path:
     return p
 
 
-def verify_file(root: Path, rec: dict, hash_check: bool = True) -> str | None:
-    """None if the file is as recorded, else why not."""
+def verify_file(root: Path, rec: dict | FileRecord, hash_check: bool = True) -> str | None:
+    """None if the file is as recorded (a manifest's record, or the JSON of one elsewhere), else why not."""
+    if isinstance(rec, dict):
+        rec = FileRecord(rec["path"], rec["bytes"], rec["sha256"])
     try:
-        p = inside(root, rec["path"])
+        p = inside(root, rec.path)
     except ArtifactError as err:
         return str(err)
     if not p.is_file():
         return f"{p} is missing"
     size = p.stat().st_size
-    if size != rec["bytes"]:
-        return f"{p} is {size} bytes, the manifest records {rec['bytes']} (truncated or replaced)"
-    if hash_check and sha256_file(p) != rec["sha256"]:
+    if size != rec.bytes:
+        return f"{p} is {size} bytes, the manifest records {rec.bytes} (truncated or replaced)"
+    if hash_check and sha256_file(p) != rec.sha256:
         return f"{p} does not match its recorded sha256 (corrupted or replaced)"
     return None
 
@@ -69,8 +71,8 @@ def verify_file(root: Path, rec: dict, hash_check: bool = True) -> str | None:
 @dataclass
 class Artifact:
     root: Path
-    data: dict  # the manifest as written (JSON); ``manifest`` holds its checked, typed fields
-    manifest: Manifest | None = None
+    data: dict  # the manifest as written (JSON), for writing it back; the stages read ``manifest``
+    manifest: Manifest
 
     @classmethod
     def load(cls, root: str | os.PathLike) -> Artifact:
@@ -93,37 +95,37 @@ class Artifact:
         return cls(root, data, manifest)
 
     def verify(self, hash_check: bool = True) -> None:
-        if not self.data.get("complete"):
+        if not self.manifest.complete:
             raise ArtifactError(f"{self.root}: the export did not finish (manifest marked incomplete); "
                                 "re-run the same fastvar-export command to complete it")
         problems = [why for rec in self.files() if (why := verify_file(self.root, rec, hash_check))]
         if problems:
             raise ArtifactError("; ".join(problems) + ". Re-run fastvar-export on this directory to rebuild it")
 
-    def files(self) -> list[dict]:
-        return [*(g["file"] for g in self.data["graphs"].values()), *self.data["weights"]]
+    def files(self) -> list[FileRecord]:
+        return [*(g.file for g in self.manifest.graphs.values()), *self.manifest.weights]
 
     # ---- typed views ---------------------------------------------------------------------------
     def plan(self) -> PrunePlan:
-        return PrunePlan.from_dict(self.data["schedule"])
+        return self.manifest.schedule
 
     @property
     def has_plugin_nodes(self) -> bool:
         """Whether the step graphs carry FastVARRestore(Add) nodes (ONNX Runtime then needs the custom op)."""
-        return self.data["restore_op"] in ("custom", "custom-add")
+        return self.manifest.restore_op in ("custom", "custom-add")
 
     def run_graphs(self) -> list[str]:
         """Graphs a generation runs (validation variants are for fastvar-validate only)."""
-        return [n for n, g in self.data["graphs"].items() if g["kind"] != "validate"]
+        return [n for n, g in self.manifest.graphs.items() if g.kind != "validate"]
 
-    def graph(self, name: str) -> dict:
+    def graph(self, name: str) -> GraphRecord:
         try:
-            return self.data["graphs"][name]
+            return self.manifest.graphs[name]
         except KeyError:
             raise ArtifactError(f"{self.root}: the manifest lists no graph {name!r}") from None
 
     def graph_path(self, name: str) -> Path:
-        return inside(self.root, self.graph(name)["file"]["path"])
+        return inside(self.root, self.graph(name).file.path)
 
     def weight_path(self) -> Path:
-        return inside(self.root, self.data["weights"][0]["path"])
+        return inside(self.root, self.manifest.weights[0].path)

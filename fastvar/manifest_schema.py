@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from fastvar.plan import StepPlan
+from fastvar.compat import RECORD_FIELDS, EngineRecord
+from fastvar.plan import PrunePlan, StepPlan
 
 MAX_DIM = 1 << 24  # any one tensor dimension
 MAX_COUNT = 1 << 16  # graphs, steps, blocks, batch, text tokens and other counts
@@ -21,6 +22,7 @@ MAX_BYTES = 1 << 46  # a file's recorded size (64 TiB)
 DTYPES = ("float32", "bfloat16", "float16", "bool", "int64", "int32", "uint8")
 GRAPH_KINDS = ("condition", "step", "validate", "decoder", "diffusion", "next_input")
 PRECISIONS = ("fp32", "bf16")
+SEEDS = (-(1 << 63), (1 << 64) - 1)  # what torch.manual_seed takes
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -141,14 +143,19 @@ class GraphRecord:
     weights: tuple[str, ...]
     key: str
     file: FileRecord
+    baked: dict  # choices fixed inside the graph (``export.graphs.GraphDef.baked``), as written
 
     @classmethod
     def read(cls, name: str, at: _At) -> GraphRecord:
+        baked = at.key("baked", optional=True)
+        chunks = baked if baked.value is None else baked.key("attention_query_chunks", optional=True)
+        for c in chunks.list(4096) if chunks.value is not None else ():
+            c.int(1, MAX_DIM, none=True)
         rec = cls(at.key("name").str(), at.key("kind").str(GRAPH_KINDS), at.key("step").int(none=True),
                   tuple(TensorRecord.read(t) for t in at.key("inputs").list()),
                   tuple(TensorRecord.read(t) for t in at.key("outputs").list()),
                   tuple(w.str() for w in at.key("weights").list(1 << 20)), at.key("key").str(),
-                  FileRecord.read(at.key("file")))
+                  FileRecord.read(at.key("file")), baked.value or {})
         if rec.name != name:
             raise ManifestError(f"{at.where}.name is {rec.name!r}, but the graph is listed as {name!r}")
         return rec
@@ -166,13 +173,43 @@ class WeightRecord(FileRecord):
 
 @dataclass(frozen=True)
 class EngineFile:
+    """An engine ``fastvar-build`` recorded: its plan, the graph it was built from and what built it. Fields an
+    older build did not write are None and listed in ``lacks`` (the builder then rebuilds, a run refuses)."""
+
     path: str
     sha256: str
     graph_key: str
+    bytes: int | None
+    tensorrt_version: str | None
+    compute_capability: str | None
+    precision: str | None
+    triton_version: str | None
+    plugin: dict  # fastvar.plugins.restore.trt_plugin.plugin_fingerprint, as written ({}: no plugin node)
+    builder: dict  # {"optimization_level", "flags", ...}, as written
+    lacks: tuple[str, ...]
 
     @classmethod
     def read(cls, at: _At) -> EngineFile:
-        return cls(at.key("path").path(), at.key("sha256").sha256(), at.key("graph_key").str())
+        plugin, builder = at.key("plugin", optional=True), at.key("builder", optional=True)
+        if plugin.value is not None:
+            plugin.key("ptx_sha256", optional=True).str(none=True)
+            plugin.key("implementation", optional=True).str(none=True)
+        if builder.value is not None:
+            builder.key("optimization_level", optional=True).int(0, 64, none=True)
+            flags = builder.key("flags", optional=True)
+            for f in flags.list(64) if flags.value is not None else ():
+                f.str()
+        return cls(at.key("path").path(), at.key("sha256").sha256(), at.key("graph_key").str(),
+                   at.key("bytes", optional=True).int(0, MAX_BYTES, none=True),
+                   *(at.key(k, optional=True).str(none=True) for k in ("tensorrt_version", "compute_capability")),
+                   at.key("precision", optional=True).str(PRECISIONS, none=True),
+                   at.key("triton_version", optional=True).str(none=True), plugin.value or {}, builder.value or {},
+                   tuple(k for k in RECORD_FIELDS if k not in at.obj()))
+
+    def record(self) -> EngineRecord:
+        """What ``fastvar.compat`` judges a plan by (refused, naming them, when fields are absent)."""
+        return EngineRecord.from_dict({k: getattr(self, k) for k in ("path", "sha256", *RECORD_FIELDS)
+                                       if k not in self.lacks})
 
 
 def _step(at: _At) -> StepPlan:
@@ -184,6 +221,59 @@ def _step(at: _At) -> StepPlan:
     return rec
 
 
+def _schedule(at: _At) -> PrunePlan:
+    steps = tuple(_step(s) for s in at.key("steps").list(1024))
+    if [s.index for s in steps] != list(range(len(steps))):
+        raise ManifestError(f"{at.where}.steps must be numbered 0, 1, 2, ... in order")
+    block_range = [b.int(0, 4096) for b in at.key("block_range").list(2)]
+    if len(block_range) != 2 or block_range[0] > block_range[1]:
+        raise ManifestError(f"{at.where}.block_range is {block_range}; it must be [first, end) blocks")
+    return PrunePlan(at.key("spec").str(), steps, at.key("cache_scale").int(0, max(len(steps) - 1, 0), none=True),
+                     (block_range[0], block_range[1]),
+                     at.key("first_step_kv", optional=True).int(0, MAX_DIM, none=True))
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A checkpoint file or folder as ``export.artifact.file_identity`` recorded it (outside the artifact)."""
+
+    path: str
+    files: tuple[tuple[str, int, int], ...]  # (name, size, mtime in ns)
+
+    @classmethod
+    def read(cls, at: _At) -> SourceFile:
+        files = []
+        for f in at.key("files").list(1 << 20):
+            parts = f.list(3)
+            if len(parts) != 3:
+                raise ManifestError(f"{f.where} must be [name, size, mtime_ns]")
+            files.append((parts[0].str(), parts[1].int(0, MAX_BYTES), parts[2].int(*SEEDS)))
+        return cls(at.key("path").str(), tuple(files))
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "files": [list(f) for f in self.files]}
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """Where the weights came from: a preset's random weights (preset, depth, seed) or checkpoint files by role
+    (``ckpt``, and Infinity's ``vae``)."""
+
+    kind: str
+    preset: str | None
+    depth: int | None
+    seed: int | None
+    files: dict[str, SourceFile]
+
+    @classmethod
+    def read(cls, at: _At) -> SourceRecord:
+        kind = at.key("kind").str(("random-init", "checkpoint"))
+        if kind == "random-init":
+            return cls(kind, at.key("preset").str(), at.key("depth").int(1, 4096), at.key("seed").int(*SEEDS), {})
+        at.key("ckpt")
+        return cls(kind, None, None, None, {k: SourceFile.read(v) for k, v in at.items() if k != "kind"})
+
+
 @dataclass(frozen=True)
 class ModelRecord:
     name: str
@@ -191,33 +281,55 @@ class ModelRecord:
     depth: int
     heads: int
     head_dim: int
-    source_kind: str
+    config: dict  # as written: the model family reads the rest (``ModelFamily.config_from_dict``)
+    source: SourceRecord
 
     @classmethod
     def read(cls, at: _At) -> ModelRecord:
         cfg = at.key("config")
-        cfg.obj()
-        source = at.key("source")
         return cls(at.key("name").str(), at.key("family", optional=True).str(none=True) or "infinity",
                    cfg.key("depth").int(1, 4096), cfg.key("heads").int(1, 4096), cfg.key("head_dim").int(1, 4096),
-                   source.key("kind").str(("random-init", "checkpoint")))
+                   cfg.obj(), SourceRecord.read(at.key("source")))
+
+
+@dataclass(frozen=True)
+class MemoryRecord:
+    """One item of the memory plan the export predicted (``export.memory_plan.MemoryItem``)."""
+
+    name: str
+    bytes: int
+    note: str
+
+    @classmethod
+    def read(cls, at: _At) -> MemoryRecord:
+        return cls(at.key("name").str(), at.key("bytes").int(0, MAX_BYTES), at.key("note").str())
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """The fields every stage reads, typed; ``Artifact.data`` keeps the JSON for the rest."""
+    """The fields the stages read, typed; ``Artifact.data`` keeps the JSON for writing, merging and copying."""
 
     complete: bool
     model: ModelRecord
+    resolution: str
+    aspect: str
+    pixels: tuple[int, int]
     precision: str
     batch: int
     text_len: int
     guidance: bool
     restore_op: str
-    steps: tuple[StepPlan, ...]
+    schedule: PrunePlan
+    scales: tuple[StepPlan, ...]
     graphs: dict[str, GraphRecord]
     weights: tuple[WeightRecord, ...]
+    codebook: str | None  # the store tensor a family embeds sampled indices with (HART), if any
+    memory_plan: tuple[MemoryRecord, ...]
     engines: dict[str, EngineFile]
+
+    @property
+    def steps(self) -> tuple[StepPlan, ...]:
+        return self.schedule.steps
 
     @classmethod
     def read(cls, data: Any, version: int) -> Manifest:
@@ -226,24 +338,21 @@ class Manifest:
         got = at.key("format_version").value
         if got != version:
             raise ManifestError(f"format_version is {got!r}; this fastvar-trt reads {version}")
-        sched = at.key("schedule")
-        sched.key("spec").str()
-        steps = tuple(_step(s) for s in sched.key("steps").list(1024))
-        if [s.index for s in steps] != list(range(len(steps))):
-            raise ManifestError("schedule.steps must be numbered 0, 1, 2, ... in order")
-        sched.key("cache_scale").int(0, max(len(steps) - 1, 0), none=True)
-        sched.key("first_step_kv", optional=True).int(0, MAX_DIM, none=True)
-        block_range = [b.int(0, 4096) for b in sched.key("block_range").list(2)]
-        if len(block_range) != 2 or block_range[0] > block_range[1]:
-            raise ManifestError(f"schedule.block_range is {block_range}; it must be [first, end) blocks")
+        schedule = _schedule(at.key("schedule"))
+        pixels = tuple(p.int(1, MAX_DIM) for p in at.key("pixels").list(2))
+        if len(pixels) != 2:
+            raise ManifestError(f"pixels is {list(pixels)}; it must be [height, width]")
         weights = tuple(WeightRecord.read(w) for w in at.key("weights").list(64))
         engines = at.key("engines", optional=True)
         return cls(
             complete=at.key("complete").bool(), model=ModelRecord.read(at.key("model")),
+            resolution=at.key("resolution").str(), aspect=at.key("aspect").str(), pixels=pixels,
             precision=at.key("precision").str(PRECISIONS), batch=at.key("batch").int(1, 4096),
             text_len=at.key("text_len").int(1, 1 << 16), guidance=at.key("guidance").bool(),
-            restore_op=at.key("restore_op").str(("custom", "custom-add", "standard")), steps=steps,
+            restore_op=at.key("restore_op").str(("custom", "custom-add", "standard")), schedule=schedule,
+            scales=tuple(_step(s) for s in at.key("scales").list(1024)),
             graphs={n: GraphRecord.read(n, g) for n, g in at.key("graphs").items()},
-            weights=weights,
+            weights=weights, codebook=at.key("codebook", optional=True).str(none=True),
+            memory_plan=tuple(MemoryRecord.read(it) for it in at.key("memory_plan").key("items").list(1024)),
             engines={} if engines.value is None else {n: EngineFile.read(e) for n, e in engines.items()},
         )

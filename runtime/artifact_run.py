@@ -6,12 +6,13 @@ import time
 from collections.abc import Callable
 
 from fastvar.family import artifact_geometry, artifact_sampling, artifact_schedule, for_artifact, text_channels
+from fastvar.manifest_schema import Manifest, MemoryRecord
 from fastvar.runtime.backends import open_backend
 from fastvar.runtime.chain import generate
 from fastvar.runtime.io import load_text_embeddings, read_npz, write_json, write_outputs
 
 
-def memory_report(backend, manifest: dict) -> dict:
+def memory_report(backend, manifest: Manifest) -> dict:
     """The run's peak resident memory with the parts we can name, beside what the plan predicted."""
     import resource
 
@@ -19,11 +20,11 @@ def memory_report(backend, manifest: dict) -> dict:
     if weights is None:
         weights = sum(p.numel() * p.element_size() for p in backend.model.parameters())
         weights += sum(p.numel() * p.element_size() for p in backend.vae.parameters())
-    plan = {it["name"]: it for it in manifest["memory_plan"]["items"]}
-    peak = plan.get("peak step activations", {"bytes": 0, "note": ""})
+    plan = {it.name: it for it in manifest.memory_plan}
+    peak = plan.get("peak step activations", MemoryRecord("", 0, ""))
     return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "weights_bytes": weights,
             "kv_cache_bytes": backend.kv_bytes,
-            "planned_peak_activations_bytes": peak["bytes"], "planned_peak_note": peak["note"]}
+            "planned_peak_activations_bytes": peak.bytes, "planned_peak_note": peak.note}
 
 
 def run_artifact(root: str, out: str, backend: str = "auto", text_embeddings: str | None = None, seed: int = 0,
@@ -36,28 +37,28 @@ def run_artifact(root: str, out: str, backend: str = "auto", text_embeddings: st
     t0 = time.perf_counter()
     art = Artifact.load(root)
     art.verify()
-    d = art.data
+    m = art.manifest
     settings = artifact_sampling(art, seed, cfg, tau, more_smooth)
     geom = artifact_geometry(art)
     unguided = f"{for_artifact(art).sampling.unguided_cfg:g}"
-    if geom.loop(artifact_schedule(art), settings).guided(settings.cfg) != d["guidance"]:
+    if geom.loop(artifact_schedule(art), settings).guided(settings.cfg) != m.guidance:
         from fastvar.manifest import ArtifactError
 
         raise ArtifactError(f"{root} was exported " + (f"with classifier-free guidance: give a --cfg other than "
-                                                       f"{unguided}" if d["guidance"] else
+                                                       f"{unguided}" if m.guidance else
                                                        f"without guidance (--no-guidance): it runs with --cfg "
                                                        f"{unguided} only"))
     be = open_backend(art, backend, device)
     sched = artifact_schedule(art)
-    text, lengths = load_text_embeddings(text_embeddings, d["batch"], text_channels(art),
-                                         default_len=min(16, d["text_len"]))
+    text, lengths = load_text_embeddings(text_embeddings, m.batch, text_channels(art),
+                                         default_len=min(16, m.text_len))
     forced = read_npz(force_tokens) if force_tokens else None
     load_s = time.perf_counter() - t0
     res = generate(be, sched, art.plan(), geom, text, lengths, settings, force_tokens=forced,
                    keep_logits=save_logits is not None)
     paths = write_outputs(res, out, save_tokens, save_logits)
     report = {"backend": be.name, "load_s": load_s, **res.timings, "images": [str(p) for p in paths],
-              "memory": memory_report(be, d)}
+              "memory": memory_report(be, m)}
     if timings:
         write_json(timings, report)
     mem = report["memory"]

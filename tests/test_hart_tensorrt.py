@@ -81,7 +81,7 @@ def test_hart_tensorrt_chain_equals_onnxruntime_and_repeats_exactly(fake_tensorr
     assert all(np.array_equal(ort.tokens[k], first.tokens[k]) for k in first.tokens)
     assert np.abs(first.images.astype(int) - ort.images.astype(int)).max() <= 1  # diffusion head and decoder too
     for name in ("diffusion", "next_input_05", "decoder"):  # every engine's weights come from the one store
-        for w in art.graph(name)["weights"]:
+        for w in art.graph(name).weights:
             assert be.engines[name].context.get_tensor_address(w) == be.weights[w].data_ptr()
     assert be.engines["diffusion"].context.get_tensor_address("hidden") == be.hidden.data_ptr()
     again = _generate(be, art)  # the same buffers and addresses, a second image

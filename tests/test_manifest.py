@@ -36,6 +36,9 @@ def _mutate(m: dict, where: str, value) -> dict:
     return m
 
 
+_ENGINE = {"path": "engines/decoder.plan", "sha256": "0" * 64, "graph_key": "k"}
+
+
 @pytest.mark.parametrize("where,value,named", [
     ("batch", "2", "batch must be an integer"),
     ("batch", -1, "batch is -1; accepted: 1..4096"),
@@ -48,6 +51,26 @@ def _mutate(m: dict, where: str, value) -> dict:
     ("schedule.steps.2.tokens", 5, "schedule.steps[2]: tokens 5 and kept 16 do not fit a 4x4 scale"),
     ("schedule.block_range", [3, 1], "schedule.block_range is [3, 1]"),
     ("precision", "fp8", "precision is 'fp8'; accepted: fp32, bf16"),
+    ("resolution", 256, "resolution must be a string, not int"),
+    ("aspect", None, "aspect must be a string, not NoneType"),
+    ("pixels", [256], "pixels is [256]; it must be [height, width]"),
+    ("pixels.1", 0, "pixels[1] is 0"),
+    ("codebook", 7, "codebook must be a string"),
+    ("scales.1.tokens", "4", "scales[1].tokens must be an integer"),
+    ("memory_plan", [], "memory_plan must be an object"),
+    ("memory_plan.items.0.bytes", -1, "memory_plan.items[0].bytes is -1"),
+    ("model.source.seed", "0", "model.source.seed must be an integer"),
+    ("model.source.preset", KeyError, "model.source.preset is missing"),
+    ("model.source.depth", 0, "model.source.depth is 0"),
+    ("model.source", {"kind": "checkpoint"}, "model.source.ckpt is missing"),
+    ("model.source", {"kind": "checkpoint", "ckpt": {"path": "/m", "files": [["m", "1", 0]]}},
+     "model.source.ckpt.files[0][1] must be an integer"),
+    ("graphs.step_03.baked", [], "graphs.step_03.baked must be an object"),
+    ("graphs.step_03.baked", {"attention_query_chunks": [0]}, "graphs.step_03.baked.attention_query_chunks[0] is 0"),
+    ("engines", {"decoder": {**_ENGINE, "plugin": "aot"}}, "engines.decoder.plugin must be an object"),
+    ("engines", {"decoder": {**_ENGINE, "compute_capability": 9.0}}, "engines.decoder.compute_capability must be a"),
+    ("engines", {"decoder": {**_ENGINE, "builder": {"flags": "TF32"}}}, "engines.decoder.builder.flags must be a list"),
+    ("engines", {"decoder": {**_ENGINE, "bytes": -3}}, "engines.decoder.bytes is -3"),
 ])
 def test_a_bad_field_is_named_and_every_command_exits_2(small, tmp_path, where, value, named):
     art = tmp_path / "a"
@@ -81,6 +104,18 @@ def test_typed_records_match_the_written_manifest(small):
     assert [t.name for t in step.inputs] == [t["name"] for t in d["graphs"]["step_05"]["inputs"]]
     assert step.file.sha256 == d["graphs"]["step_05"]["file"]["sha256"]
     assert for_artifact(art) is family("infinity")
+
+
+def test_an_engine_record_from_an_older_build_loads_and_is_refused_naming_what_it_lacks(small, tmp_path):
+    art = tmp_path / "a"
+    shutil.copytree(small, art)
+    m = json.loads((art / "manifest.json").read_text())
+    (art / "manifest.json").write_text(json.dumps({**m, "engines": {"decoder": {**_ENGINE, "precision": "fp32"}}}))
+    rec = Artifact.load(art).manifest.engines["decoder"]
+    assert rec.plugin == {} and rec.tensorrt_version is None
+    with pytest.raises(ValueError, match="engine record lacks tensorrt_version, compute_capability, plugin, "
+                                         "triton_version, builder; rebuild"):
+        rec.record()
 
 
 def test_model_names_resolve_to_their_family():

@@ -37,7 +37,7 @@ def test_bf16_graphs_carry_the_precision_policy(bf16_artifact):
     """bf16 where upstream computes in bf16 (block matmuls, attention, K/V); fp32 residual and head."""
     art = bf16_artifact
     g = art.graph("step_05")
-    dtypes = {t["name"]: t["dtype"] for t in g["inputs"] + g["outputs"]}
+    dtypes = {t.name: t.dtype for t in g.inputs + g.outputs}
     assert dtypes["past_k_0"] == dtypes["new_v_3"] == dtypes["ca_k_1"] == dtypes["cache_sa_0"] == "bfloat16"
     assert dtypes["logits"] == dtypes["gss"] == dtypes["cache_ca_0"] == dtypes["cache_ffn_0"] == "float32"
     model = onnx.load(str(art.graph_path("step_05")))

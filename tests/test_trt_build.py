@@ -5,6 +5,7 @@ with ONNX Runtime and refuses what TensorRT refuses (unset or overlapping addres
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -57,7 +58,7 @@ def test_build_embeds_the_plugin_kernel_records_each_engine_and_rebuilds_only_wh
     for name, rec in engines.items():
         assert rec["path"] == f"engines/{name}.trt11.1.0.sm90.plan" and (art_dir / rec["path"]).is_file()
         assert rec["tensorrt_version"] == "11.1.0" and rec["compute_capability"] == "9.0"
-        assert rec["graph_key"] == art.graph(name)["key"] and rec["builder"]["optimization_level"] == 3
+        assert rec["graph_key"] == art.graph(name).key and rec["builder"]["optimization_level"] == 3
     pruned = [s["index"] for s in art.data["scales"] if s["kept"] < s["tokens"] and not s["skipped"]]
     assert pruned == [5, 6]
     for i in pruned:
@@ -127,7 +128,7 @@ def test_weights_are_bound_once_and_kv_slices_in_place(fake_tensorrt, art_dir):
     be = TensorRTBackend(art, "cpu")
     _generate(be, art)
     for name, e in be.engines.items():
-        for w in art.graph(name)["weights"]:
+        for w in art.graph(name).weights:
             assert e.context.get_tensor_address(w) == be.weights[w].data_ptr()
     e = be.engines["step_04"]
     for i in range(2):
@@ -135,7 +136,7 @@ def test_weights_are_bound_once_and_kv_slices_in_place(fake_tensorrt, art_dir):
         past = e.context.get_tensor_address(f"past_k_{i}")
         new = e.context.get_tensor_address(f"new_k_{i}")
         assert past == k.data_ptr()
-        assert new == k.data_ptr() + e.inputs[f"past_k_{i}"]["shape"][0] * k[0].numel() * k.element_size()
+        assert new == k.data_ptr() + e.inputs[f"past_k_{i}"].shape[0] * k[0].numel() * k.element_size()
     assert len({e.context.get_tensor_address("logits") for e in be.engines.values() if "logits" in e.outputs}) == 7
 
 
@@ -150,7 +151,7 @@ def test_engines_for_another_tensorrt_gpu_or_graph_are_refused_with_the_reason(f
         TensorRTBackend(Artifact.load(art_dir), "cpu")
     trt.__version__ = "11.1.0"
     art = Artifact.load(art_dir)
-    art.data["engines"]["step_03"]["graph_key"] = "0" * 16
+    art.manifest.engines["step_03"] = dataclasses.replace(art.manifest.engines["step_03"], graph_key="0" * 16)
     with pytest.raises(ArtifactError, match="step_03 were built from older graphs"):
         TensorRTBackend(art, "cpu")
     plan = art_dir / Artifact.load(art_dir).data["engines"]["decoder"]["path"]

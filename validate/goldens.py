@@ -66,33 +66,33 @@ def write_goldens(art: Artifact, seed: int = 0, text_embeddings: str | None = No
                   log: Callable[[str], None] = print) -> dict:
     """Record every graph's goldens from a real reference generation; returns the index."""
     root = inside(art.root, GOLDENS)  # never written through a link pointing out of the artifact
-    graphs = art.data["graphs"]
+    graphs = art.manifest.graphs
     index: dict = {"seed": seed, "runner": REFERENCE_RUNNER, "graphs": {}}
 
     def record(name: str, feeds: dict, outs: dict) -> None:
         g = graphs[name]
-        ins = {t["name"]: _np(feeds[t["name"]]) for t in g["inputs"]}
-        res = {t["name"]: _np(outs[t["name"]]) for t in g["outputs"]}
+        ins = {t.name: _np(feeds[t.name]) for t in g.inputs}
+        res = {t.name: _np(outs[t.name]) for t in g.outputs}
         files = {"inputs": _write_npz(root / f"{name}.inputs.npz", ins),
                  "outputs": _write_npz(root / f"{name}.outputs.npz", res)}
         if sum(a.nbytes for a in res.values()) <= JSON_LIMIT:
             files["outputs_json"] = _write_run_results(root / f"{name}.outputs.json", res)
-        index["graphs"][name] = {"key": g["key"], "files": {k: _record(art.root, p) for k, p in files.items()}}
+        index["graphs"][name] = {"key": g.key, "files": {k: _record(art.root, p) for k, p in files.items()}}
 
     def sink(name: str, feeds: dict, outs: dict) -> None:
         """A step's run also gives its validation variant's goldens: the kept indices it chose become inputs."""
         record(name, feeds, outs)
-        step = graphs[name].get("step")
-        variant = gn.validate_graph(step) if step is not None and graphs[name]["kind"] == "step" else None
+        step = graphs[name].step
+        variant = gn.validate_graph(step) if step is not None and graphs[name].kind == "step" else None
         if variant in graphs:
             kept = {n: t for n, t in outs.items() if gn.is_kept(n)}
             record(variant, {**feeds, **kept}, {n: t for n, t in outs.items() if n not in kept})
 
-    d = art.data
-    text, lengths = load_text_embeddings(text_embeddings, d["batch"], text_channels(art),
-                                          default_len=min(16, d["text_len"]))
-    if text.shape[1] > d["text_len"]:
-        raise ArtifactError(f"the text has {text.shape[1]} tokens; the artifact's bucket holds {d['text_len']}")
+    m = art.manifest
+    text, lengths = load_text_embeddings(text_embeddings, m.batch, text_channels(art),
+                                          default_len=min(16, m.text_len))
+    if text.shape[1] > m.text_len:
+        raise ArtifactError(f"the text has {text.shape[1]} tokens; the artifact's bucket holds {m.text_len}")
     recorder = TorchGraphBackend(art, *reference_models(art), wrap=lambda s: RecordingSession(s, sink))
     generate(recorder, artifact_schedule(art), art.plan(), artifact_geometry(art), text, lengths,
              artifact_sampling(art, seed))
@@ -165,8 +165,8 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
 
 def _loader_script(art: Artifact) -> str:
     """A Polygraphy data-loader script: one function per graph, feeding its golden inputs and its weights."""
-    names = sorted(art.data["graphs"])
-    store = art.data["weights"][0]["path"]
+    names = sorted(art.manifest.graphs)
+    store = art.manifest.weights[0].path
     funcs = "\n".join(f"{n} = functools.partial(_load, {n!r})" for n in names)
     return f'''"""Polygraphy data loader for this artifact's goldens (written by fastvar-validate).
 

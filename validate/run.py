@@ -32,7 +32,7 @@ def _onnxrt_runner(art: Artifact, name: str):
     def make():
         so = ort.SessionOptions()
         source: str | bytes = str(art.graph_path(name))
-        if art.has_plugin_nodes and art.graph(name)["kind"] in ("step", "validate"):
+        if art.has_plugin_nodes and art.graph(name).kind in ("step", "validate"):
             from fastvar.plugins.restore.ort_op import for_onnxruntime, session_options
 
             source = for_onnxruntime(onnx.load(source)).SerializeToString()
@@ -47,7 +47,7 @@ BACKENDS = ("onnxruntime", "tensorrt")
 
 def _engine_backend(art: Artifact, names: list[str]):
     """The TensorRT backend holding an engine for every graph checked (validation variants included)."""
-    missing = [n for n in names if n not in (art.data.get("engines") or {})]
+    missing = [n for n in names if n not in art.manifest.engines]
     if missing:
         raise ValidationUsageError(f"no engine for {', '.join(missing)}: run fastvar-build {art.root} --validation "
                                    "(validation variants are built only when asked)")
@@ -63,7 +63,7 @@ def _cuda() -> bool:
 
 
 def _tolerances(art: Artifact, overrides: dict[str, float]) -> dict[str, float]:
-    table = dict(DEFAULT_TOLERANCES[art.data["precision"]])
+    table = dict(DEFAULT_TOLERANCES[art.manifest.precision])
     table.update(overrides)
     return table
 
@@ -87,19 +87,19 @@ def polygraphy_command(art: Artifact, name: str, tolerances: dict[str, float], e
     """The `polygraphy run` line that checks one graph, or its engine, against its goldens. Graphs: standard-op
     ones only (Polygraphy's CLI cannot load ONNX Runtime custom ops). Engines: any, since the restore
     plugin's kernel is embedded in the plan (AOT) and Polygraphy's TrtRunner needs nothing else."""
-    rec = (art.data.get("engines") or {}).get(name)
+    rec = art.manifest.engines.get(name)
     if engine and rec is None:
         return None
-    if not engine and art.has_plugin_nodes and art.graph(name)["kind"] in ("step", "validate"):
+    if not engine and art.has_plugin_nodes and art.graph(name).kind in ("step", "validate"):
         return None
     index = art.root / GOLDENS / f"{name}.outputs.json"
     if not index.is_file():
         return None
-    outs = [o["name"] for o in art.graph(name)["outputs"] if not (gn.is_kept(o["name"]) or o["name"] == gn.BITS)]
+    outs = [o.name for o in art.graph(name).outputs if not (gn.is_kept(o.name) or o.name == gn.BITS)]
     golden = read_npz(art.root / GOLDENS / f"{name}.outputs.npz")
     atol = " ".join(f"{o}:{_tol(o, tolerances) * float(np.abs(golden[o]).max(initial=0)):.3g}" for o in outs)
     rtol = " ".join(f"{o}:{_tol(o, tolerances):.3g}" for o in outs)
-    model = f"{art.root / rec['path']} --model-type engine --trt" if engine else f"{art.graph_path(name)} --onnxrt"
+    model = f"{art.root / rec.path} --model-type engine --trt" if engine else f"{art.graph_path(name)} --onnxrt"
     return (f"polygraphy run {model} --data-loader-script "
             f"{art.root / GOLDENS / 'data_loader.py'}:{name} --load-outputs {index} "
             + ("" if engine else f"--onnx-outputs {' '.join(outs)} ") + f"--atol {atol} --rtol {rtol}")
@@ -108,9 +108,9 @@ def polygraphy_command(art: Artifact, name: str, tolerances: dict[str, float], e
 def example_graphs(art: Artifact) -> list[str]:
     """The graphs whose `polygraphy run` line is printed: the first step, and the first pruned step's
     validation variant (or the last step)."""
-    names = list(art.data["graphs"])
+    names = list(art.manifest.graphs)
     validate_graphs = [n for n in names if gn.is_validate_graph(n)]
-    steps = [n for n in names if art.data["graphs"][n]["kind"] == "step"]
+    steps = [n for n in names if art.manifest.graphs[n].kind == "step"]
     return [steps[0], validate_graphs[0] if validate_graphs else steps[-1]]
 
 
@@ -135,20 +135,20 @@ def validate(root: str, report: str | None = None, tol: list[str] | None = None,
         art.verify()
     except ArtifactError as err:
         raise ValidationUsageError(str(err)) from None
-    if art.data["precision"] != "fp32" and backend == "onnxruntime":
-        raise ValidationUsageError(f"{root} is {art.data['precision']}: the ONNX Runtime runner here runs fp32 "
+    if art.manifest.precision != "fp32" and backend == "onnxruntime":
+        raise ValidationUsageError(f"{root} is {art.manifest.precision}: the ONNX Runtime runner here runs fp32 "
                                    "graphs; bf16 graphs are validated with TensorRT (fastvar-build) on a GPU")
     tolerances = _tolerances(art, parse_tolerances(tol or []))
     if regenerate or not (art.root / GOLDENS / INDEX).is_file():
         write_goldens(art, log=log)
     index = load_index(art)
     problems = []
-    for name, g in art.data["graphs"].items():
+    for name, g in art.manifest.graphs.items():
         rec = index["graphs"].get(name)
         if rec is None:
             problems.append(f"no goldens for graph {name} (regenerate with --regenerate-goldens)")
             continue
-        if rec["key"] != g["key"]:
+        if rec["key"] != g.key:
             problems.append(f"the goldens of {name} were recorded for another export of it "
                             "(regenerate with --regenerate-goldens)")
         problems += [why for f in rec["files"].values() if (why := verify_file(art.root, f))]
@@ -157,12 +157,12 @@ def validate(root: str, report: str | None = None, tol: list[str] | None = None,
                         "with --regenerate-goldens")
     if problems:
         raise ValidationUsageError("; ".join(problems))
-    engines = _engine_backend(art, list(art.data["graphs"])) if backend == "tensorrt" else None
+    engines = _engine_backend(art, list(art.manifest.graphs)) if backend == "tensorrt" else None
     weights = {k: v.numpy() for k, v in _store(art).items()} if engines is None else {}
     results: list[GraphResult] = []
-    for name, g in art.data["graphs"].items():
+    for name, g in art.manifest.graphs.items():
         feeds = read_npz(art.root / GOLDENS / f"{name}.inputs.npz")
-        feeds.update({w: weights[w] for w in g["weights"] if w in weights})
+        feeds.update({w: weights[w] for w in g.weights if w in weights})
         golden = read_npz(art.root / GOLDENS / f"{name}.outputs.npz")
         if engines is None:
             runner = _onnxrt_runner(art, name)
@@ -170,21 +170,21 @@ def validate(root: str, report: str | None = None, tol: list[str] | None = None,
             from fastvar.validate.trt_runner import EngineRunner
 
             runner = EngineRunner(engines, name)
-        res = compare_graph(name, g.get("step"), runner, feeds, golden, tolerances)
-        if g["kind"] == "step" and res.kept_overlap is not None and (res.kept_overlap < 1.0 or res.kept_reordered):
+        res = compare_graph(name, g.step, runner, feeds, golden, tolerances)
+        if g.kind == "step" and res.kept_overlap is not None and (res.kept_overlap < 1.0 or res.kept_reordered):
             # a flipped selection changes those tokens' outputs, and a reordered one the order the new K/V
             # are stored in: the compute is judged on the validation variant (identical selections); this
             # graph is judged on its kept-set overlap
             for o in res.outputs:
                 if not o.passed and math.isfinite(o.max_rel):
-                    judged = gn.validate_graph(g["step"])
+                    judged = gn.validate_graph(g.step)
                     o.note = (o.note + "; " if o.note else "") + f"informational: judged on {judged}"
                     o.passed = True
         results.append(res)
     e2e_report = _end_to_end(art, log, engines) if e2e else None
     failures = [f for r in results for f in r.failures()] + (e2e_report or {}).get("failures", [])
     _print_table(results, log)
-    out = {"artifact": str(art.root), "precision": art.data["precision"], "tolerances": tolerances,
+    out = {"artifact": str(art.root), "precision": art.manifest.precision, "tolerances": tolerances,
            "graphs": [r.to_dict() for r in results], "end_to_end": e2e_report, "failures": failures,
            "passed": not failures}
     if report:
@@ -214,11 +214,11 @@ def _end_to_end(art: Artifact, log: Callable[[str], None], engines=None) -> dict
     from fastvar.runtime.io import load_text_embeddings
     from fastvar.runtime.parity import kept_flips, logit_errors, psnr, token_agreement
 
-    d = art.data
+    m = art.manifest
     # HART's Gumbel-soft feedback follows each side's own logits, not the forced indices: teacher forcing
     # compares identical inputs only with the codebook rows fed back (docs/design/hart.md)
     sched, plan, geom = artifact_schedule(art), art.plan(), artifact_geometry(art)
-    text = load_text_embeddings(None, d["batch"], text_channels(art), default_len=min(16, d["text_len"]))
+    text = load_text_embeddings(None, m.batch, text_channels(art), default_len=min(16, m.text_len))
     has_choice = for_artifact(art).sampling.more_smooth is not None
     settings = artifact_sampling(art, more_smooth=False if has_choice else None)
     ref_be = open_backend(art, "torch")
@@ -226,10 +226,10 @@ def _end_to_end(art: Artifact, log: Callable[[str], None], engines=None) -> dict
     ref = generate(ref_be, sched, plan, geom, *text, settings, keep_logits=True)
     free = generate(ort_be, sched, plan, geom, *text, settings, keep_logits=True)
     forced = generate(ort_be, sched, plan, geom, *text, settings, force_tokens=ref.tokens, keep_logits=True)
-    tokens = {s["index"]: s["tokens"] for s in d["scales"]}
+    tokens = {s.index: s.tokens for s in m.scales}
     flipped, overlap = kept_flips(ref_be.kept_sets, ort_be.kept_sets, tokens)
     errors = logit_errors(ref.logits, forced.logits, flipped)
-    tol = DEFAULT_TOLERANCES[d["precision"]][gn.LOGITS]
+    tol = DEFAULT_TOLERANCES[m.precision][gn.LOGITS]
     failures = [f"end to end: teacher-forced logits of {k} differ by {e:.2e} of the logit scale > {tol:.0e}"
                 for k, e in errors.items() if e > tol]
     failures += [f"end to end: kept-set overlap at step {s} is {v:.4f} < 0.99" for s, v in overlap.items() if v < 0.99]

@@ -29,7 +29,7 @@ class EngineRunner(BaseRunner):
     def get_input_metadata_impl(self) -> TensorMetadata:
         meta = TensorMetadata()
         for name, spec in self.engine.inputs.items():
-            meta.add(name, torch.empty(0, dtype=TORCH_DTYPES[spec["dtype"]]).numpy().dtype, spec["shape"])
+            meta.add(name, torch.empty(0, dtype=TORCH_DTYPES[spec.dtype]).numpy().dtype, list(spec.shape))
         return meta
 
     def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -39,7 +39,7 @@ class EngineRunner(BaseRunner):
             if spec is None:  # weights are bound once, from the store, when the engine is loaded
                 continue
             # goldens keep bf16 as fp32 (numpy has no bf16) and Polygraphy may hand a scalar over as (1,)
-            t = torch.from_numpy(np.ascontiguousarray(arr)).reshape(spec["shape"]).to(TORCH_DTYPES[spec["dtype"]])
+            t = torch.from_numpy(np.ascontiguousarray(arr)).reshape(spec.shape).to(TORCH_DTYPES[spec.dtype])
             e.feed(name, t.to(b.device))
         outs = {n: e.output(n) for n in e.outputs}
         t0 = time.perf_counter()

@@ -57,29 +57,29 @@ def for_config(cfg) -> ModelFamily:
 
 def for_artifact(art) -> ModelFamily:
     """The family an artifact's manifest records (``model.family``; manifests without one are Infinity's)."""
-    return family(art.data["model"].get("family", _FALLBACK))
+    return family(art.manifest.model.family)
 
 
 # ---- what an artifact's family says about it --------------------------------------------------------
 def artifact_schedule(art):
     """The scale schedule an artifact was exported for."""
-    d = art.data
-    return for_artifact(art).schedule(d["model"]["config"], d["resolution"], d["aspect"])
+    m = art.manifest
+    return for_artifact(art).schedule(m.model.config, m.resolution, m.aspect)
 
 
 def artifact_geometry(art):
     """The generation loop's per-family object factory for an artifact."""
-    return for_artifact(art).geometry(art.data["model"]["config"])
+    return for_artifact(art).geometry(art.manifest.model.config)
 
 
 def text_channels(art) -> int:
     """Channels of the text states the artifact's condition graph takes."""
-    return for_artifact(art).text_width(art.data["model"]["config"])
+    return for_artifact(art).text_width(art.manifest.model.config)
 
 
 def artifact_sampling(art, seed: int = 0, cfg: float | None = None, tau: float | None = None,
                       more_smooth: bool | None = None) -> SamplingSettings:
     """One row of sampling settings per image of the artifact's batch, the family's defaults where not given
     (guidance on or off as exported)."""
-    return SamplingSettings.for_batch(for_artifact(art).sampling, art.data["batch"], seed, cfg, tau, more_smooth,
-                                      guided=art.data["guidance"])
+    return SamplingSettings.for_batch(for_artifact(art).sampling, art.manifest.batch, seed, cfg, tau, more_smooth,
+                                      guided=art.manifest.guidance)

@@ -21,10 +21,10 @@ def open_backend(art, backend: str = "auto", device: str = "cpu"):
     if backend not in BACKEND_CHOICES:
         raise ValueError(f"unknown backend {backend!r}; accepted: {', '.join(BACKEND_CHOICES)}")
     if backend == "auto":
-        engines = art.data.get("engines") and importlib.util.find_spec("tensorrt") is not None
+        engines = art.manifest.engines and importlib.util.find_spec("tensorrt") is not None
         backend = "tensorrt" if engines else "onnxruntime"
     if backend == "tensorrt":
-        if not art.data.get("engines"):
+        if not art.manifest.engines:
             raise ArtifactError(f"{art.root} has no TensorRT engines: run fastvar-build {art.root} on the GPU machine "
                                 "(or use --backend onnxruntime or torch)")
         if not torch.cuda.is_available():
@@ -50,16 +50,15 @@ def reference_models(art) -> tuple:
     when they changed since) or the preset's random weights, at the artifact's precision."""
     from fastvar.manifest import ArtifactError
 
-    d = art.data
-    src = d["model"]["source"]
-    parts = {k: v for k, v in src.items() if k != "kind"}
-    if src["kind"] == "checkpoint":
+    m = art.manifest
+    src = m.model.source
+    if src.kind == "checkpoint":
         from fastvar.export.artifact import file_identity
 
-        for rec in parts.values():
-            if file_identity(rec["path"]) != rec:
-                raise ArtifactError(f"{rec['path']} changed since the export (size or modification time); "
+        for rec in src.files.values():
+            if file_identity(rec.path) != rec.to_dict():
+                raise ArtifactError(f"{rec.path} changed since the export (size or modification time); "
                                     "the torch backend would compare different weights. Re-run fastvar-export")
-        return build_pair(d["model"]["name"], src["ckpt"]["path"], parts.get("vae", {}).get("path"), False, None, 0,
-                          d["precision"])
-    return build_pair(src["preset"], None, None, True, src["depth"], src["seed"], d["precision"])
+        vae = src.files.get("vae")
+        return build_pair(m.model.name, src.files["ckpt"].path, vae and vae.path, False, None, 0, m.precision)
+    return build_pair(src.preset, None, None, True, src.depth, src.seed, m.precision)

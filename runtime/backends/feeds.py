@@ -92,8 +92,8 @@ def named_feeds(graph: str, inputs: dict, values: dict[str, torch.Tensor], cond:
 
 def kv_dtype(art: Artifact) -> torch.dtype:
     """The KV cache's dtype: what the step graphs write (fp32 when no step writes any)."""
-    for g in art.data["graphs"].values():
-        for t in g["outputs"]:
-            if gn.is_new_k(t["name"]):
-                return TORCH_DTYPES[t["dtype"]]
+    for g in art.manifest.graphs.values():
+        for t in g.outputs:
+            if gn.is_new_k(t.name):
+                return TORCH_DTYPES[t.dtype]
     return torch.float32

@@ -21,6 +21,7 @@ from fastvar.export.graphs import TORCH_DTYPES
 from fastvar.export.schedules import StepPlan
 from fastvar.family import for_artifact
 from fastvar.manifest import Artifact, ArtifactError
+from fastvar.manifest_schema import TensorRecord
 from fastvar.runtime.backends.feeds import kv_dtype, padded_text, step_feeds
 from fastvar.runtime.backends.hart_calls import HARTGraphCalls
 from fastvar.runtime.kv_cache import KVCache
@@ -34,8 +35,8 @@ class GraphSession(Protocol):
 
     name: str
     kind: str
-    inputs: dict[str, dict]
-    outputs: dict[str, dict]
+    inputs: dict[str, TensorRecord]
+    outputs: dict[str, TensorRecord]
 
     def feed(self, name: str, t: torch.Tensor) -> None: ...
 
@@ -48,11 +49,11 @@ class GraphSession(Protocol):
     def release(self) -> None: ...
 
 
-def check_input(graph: str, name: str, t: torch.Tensor, spec: dict) -> None:
+def check_input(graph: str, name: str, t: torch.Tensor, spec: TensorRecord) -> None:
     """Refuse an input whose shape or dtype is not the graph's (every session checks the same way)."""
-    if list(t.shape) != spec["shape"] or t.dtype != TORCH_DTYPES[spec["dtype"]]:
+    if tuple(t.shape) != spec.shape or t.dtype != TORCH_DTYPES[spec.dtype]:
         raise ArtifactError(f"{graph}: input {name} is {tuple(t.shape)} {t.dtype}, the graph takes "
-                            f"{tuple(spec['shape'])} {spec['dtype']}")
+                            f"{spec.shape} {spec.dtype}")
 
 
 class HostSession:
@@ -61,9 +62,9 @@ class HostSession:
 
     def __init__(self, art: Artifact, name: str) -> None:
         rec = art.graph(name)
-        self.name, self.kind = name, rec["kind"]
-        self.inputs = {t["name"]: t for t in rec["inputs"]}
-        self.outputs = {t["name"]: t for t in rec["outputs"]}
+        self.name, self.kind = name, rec.kind
+        self.inputs = {t.name: t for t in rec.inputs}
+        self.outputs = {t.name: t for t in rec.outputs}
         self.fed: dict[str, torch.Tensor] = {}
         self.bound: dict[str, torch.Tensor] = {}
         self.run_seconds = 0.0
@@ -78,7 +79,7 @@ class HostSession:
     def output(self, name: str, t: torch.Tensor | None = None) -> torch.Tensor:
         if t is None:
             spec = self.outputs[name]
-            t = torch.empty(spec["shape"], dtype=TORCH_DTYPES[spec["dtype"]])
+            t = torch.empty(spec.shape, dtype=TORCH_DTYPES[spec.dtype])
         self.bound[name] = t
         return t
 
@@ -109,9 +110,9 @@ class GraphBackend(HARTGraphCalls):
     def _setup(self, art: Artifact, device: torch.device, sessions: dict[str, GraphSession]) -> None:
         self.art, self.device, self.sessions = art, device, sessions
         self.family, self.plan = for_artifact(art), art.plan()
-        cfg = art.data["model"]["config"]
-        self.depth, self.heads, self.head_dim = cfg["depth"], cfg["heads"], cfg["head_dim"]
-        self.text_len, self.guidance, self.batch = art.data["text_len"], art.data["guidance"], art.data["batch"]
+        m = art.manifest
+        self.depth, self.heads, self.head_dim = m.model.depth, m.model.heads, m.model.head_dim
+        self.text_len, self.guidance, self.batch = m.text_len, m.guidance, m.batch
         self.cond: dict[str, torch.Tensor] = {}
         self.caches: dict[str, torch.Tensor] = {}
         self._kept: dict[int, dict[str, torch.Tensor]] = {}
@@ -169,7 +170,7 @@ class GraphBackend(HARTGraphCalls):
                 if i is None:
                     s.output(name)
                     continue
-                n = s.outputs[name]["shape"][0]
+                n = s.outputs[name].shape[0]
                 k, v = self.kv.reserve(i, n)
                 s.output(name, k if gn.is_new_k(name) else v)
                 written[i] = n
@@ -195,7 +196,7 @@ class GraphBackend(HARTGraphCalls):
                 s.output(n)
             return s.run()
 
-    def _graph_inputs(self, name: str) -> dict | None:
+    def _graph_inputs(self, name: str) -> dict[str, TensorRecord] | None:
         s = self.sessions.get(name)
         return None if s is None else s.inputs
 

@@ -98,7 +98,7 @@ class _RefSession(HostSession):
         from onnx.reference import ReferenceEvaluator
 
         super().__init__(art, name)
-        self.weights = {w: weights[w] for w in art.graph(name)["weights"]}
+        self.weights = {w: weights[w] for w in art.graph(name).weights}
         self.evaluator = ReferenceEvaluator(onnx.load(str(art.graph_path(name))), new_ops=ops)
 
     def compute(self, fed: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -115,5 +115,5 @@ class OnnxReferenceBackend(GraphBackend):
         ops = [_gather_elements_op(), *_fp32_accumulating_ops(), *(_restore_op() if art.has_plugin_nodes else ())]
         sessions = {name: _RefSession(art, name, weights, ops) for name in art.run_graphs()}
         self._setup(art, torch.device("cpu"), sessions)
-        codebook = art.data.get("codebook")
+        codebook = art.manifest.codebook
         self.codebook = torch.from_numpy(weights[codebook]) if codebook else None

@@ -66,7 +66,7 @@ class _Session:
         import onnxruntime as ort
 
         rec = art.graph(name)
-        self.name, self.rec, self.kind, self.device = name, rec, rec["kind"], device
+        self.name, self.rec, self.kind, self.device = name, rec, rec.kind, device
         self.torch_device = torch.device("cuda" if device == "cuda" else "cpu")
         self.path = art.graph_path(name)
         so, self.run_options = session_memory(ort.SessionOptions(), device)
@@ -76,24 +76,24 @@ class _Session:
         # between graph calls (sampling, HART's embedding). Measured on 2 cores, loop medians: hart-tiny
         # 1024 fastvar 1.05 s -> 0.20 s, infinity-tiny depth 4 512 fastvar 0.131 s -> 0.068 s.
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if rec["kind"] == "decoder":
+        if rec.kind == "decoder":
             # The VAE keeps its weights as initializers; the CPU provider's NCHWc layout pass would hold a
             # reordered copy beside them (2.7x the weights measured). Extended fusions without it: 1x.
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         source: str | bytes = str(art.graph_path(name))
-        if art.has_plugin_nodes and rec["kind"] == "step":
+        if art.has_plugin_nodes and rec.kind == "step":
             from fastvar.plugins.restore.ort_op import for_onnxruntime, session_options
 
             source = for_onnxruntime(onnx.load(source)).SerializeToString()
             so = session_options(so)
         self.session = ort.InferenceSession(source, so, providers=_providers(device))
         self.io = self.session.io_binding()
-        for w in rec["weights"]:
+        for w in rec.weights:
             self.io.bind_ortvalue_input(w, weights[w])
-        self.inputs = {t["name"]: t for t in rec["inputs"]}
+        self.inputs = {t.name: t for t in rec.inputs}
         self.bound: dict[str, torch.Tensor] = {}  # ORT holds raw pointers: keep what they point at alive
         self.ort_seconds = 0.0  # time inside ONNX Runtime (benchmarks: the rest is the runtime's overhead)
-        self.outputs = {t["name"]: t for t in rec["outputs"]}
+        self.outputs = {t.name: t for t in rec.outputs}
 
     def feed(self, name: str, t: torch.Tensor) -> None:
         """Bind an input by address (moved to the run's device first when it is elsewhere)."""
@@ -109,7 +109,7 @@ class _Session:
         writes into memory we own, so results stay where they are (no copy back to the host on CUDA)."""
         if t is None:
             spec = self.outputs[name]
-            t = torch.empty(spec["shape"], dtype=TORCH_DTYPES[spec["dtype"]], device=self.torch_device)
+            t = torch.empty(spec.shape, dtype=TORCH_DTYPES[spec.dtype], device=self.torch_device)
         if not t.is_contiguous():
             raise ArtifactError(f"{self.name}: output buffer for {name} is not contiguous")
         self.bound[name] = t
@@ -148,8 +148,8 @@ class OnnxRuntimeBackend(GraphBackend):
     def __init__(self, art: Artifact, device: str = "cpu", threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        if art.data["precision"] != "fp32":
-            raise ArtifactError(f"{art.root} is a {art.data['precision']} artifact; the ONNX Runtime backend runs fp32 "
+        if (precision := art.manifest.precision) != "fp32":
+            raise ArtifactError(f"{art.root} is a {precision} artifact; the ONNX Runtime backend runs fp32 "
                                 "artifacts (its CPU provider has no bf16 kernels). Export with --precision fp32, "
                                 "or build TensorRT engines from it (fastvar-build)")
         self.host_weights = read_store(art.weight_path())
@@ -159,5 +159,5 @@ class OnnxRuntimeBackend(GraphBackend):
         self._setup(art, torch.device("cuda" if device == "cuda" else "cpu"), sessions)
         self.weight_bytes = sum(t.numel() * t.element_size() for t in self.host_weights.values()) + sum(
             int(np.prod(shape)) * 4 for shape in self.sessions[gn.DECODER_GRAPH].initializer_shapes())
-        codebook = art.data.get("codebook")
+        codebook = art.manifest.codebook
         self.codebook = self.host_weights[codebook].to(self.device) if codebook else None

@@ -29,10 +29,11 @@ import warnings
 import torch
 
 from fastvar import graph_names as gn
-from fastvar.compat import EngineRecord, Machine, mismatches
+from fastvar.compat import Machine, mismatches
 from fastvar.export.graphs import TORCH_DTYPES
 from fastvar.export.weight_store import read_store
 from fastvar.manifest import Artifact, ArtifactError, sha256_file
+from fastvar.manifest_schema import EngineFile, TensorRecord
 from fastvar.runtime.backends.graph import GraphBackend, check_input
 
 # Inputs whose values change per call: copied into owned buffers, so an engine's addresses never change.
@@ -48,15 +49,15 @@ def _trt_dtypes(trt) -> dict:
 class _Engine:
     """One engine: its context, its owned buffers and the addresses bound to it."""
 
-    def __init__(self, backend: TensorRTBackend, name: str, rec: dict) -> None:
+    def __init__(self, backend: TensorRTBackend, name: str, rec: EngineFile) -> None:
         trt = backend.trt
         self.name, self.rec, self.backend = name, rec, backend
         self.graph_rec = backend.art.graph(name)
-        self.kind = self.graph_rec["kind"]
-        path = backend.art.root / rec["path"]
+        self.kind = self.graph_rec.kind
+        path = backend.art.root / rec.path
         if not path.is_file():
             raise ArtifactError(f"{name}: engine {path} is missing; run fastvar-build {backend.art.root}")
-        if sha256_file(path) != rec["sha256"]:
+        if sha256_file(path) != rec.sha256:
             raise ArtifactError(f"{name}: {path} does not match its recorded sha256; rebuild with fastvar-build")
         backend.sink.errors.clear()
         self.engine = backend.runtime.deserialize_cuda_engine(path.read_bytes())
@@ -64,22 +65,22 @@ class _Engine:
             raise ArtifactError(f"{name}: TensorRT could not load {path}: " + "; ".join(backend.sink.errors))
         self._check_io(trt)
         self.context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
-        self.inputs = {t["name"]: t for t in self.graph_rec["inputs"]}
-        self.outputs = {t["name"]: t for t in self.graph_rec["outputs"]}
+        self.inputs = {t.name: t for t in self.graph_rec.inputs}
+        self.outputs = {t.name: t for t in self.graph_rec.outputs}
         self.bound: dict[str, torch.Tensor] = {}
         self.owned: dict[str, torch.Tensor] = {}
         self.staging: dict[str, tuple] = {}  # name -> (pinned host buffer, CUDA event of its last copy)
         self.cuda_graph = None
-        self.graph_ok = backend.cuda_graphs and rec.get("plugin", {}).get("implementation", "aot") == "aot"
+        self.graph_ok = backend.cuda_graphs and rec.plugin.get("implementation", "aot") == "aot"
         self.runs = 0
         self.events: list = []
         self.host_seconds = 0.0
-        for w in self.graph_rec.get("weights", []):
+        for w in self.graph_rec.weights:
             self.bind(w, backend.weights[w])
 
     def _check_io(self, trt) -> None:
-        want = {t["name"]: t for t in (*self.graph_rec["inputs"], *self.graph_rec["outputs"])}
-        want.update({w: None for w in self.graph_rec.get("weights", [])})
+        want: dict[str, TensorRecord | None] = {t.name: t for t in (*self.graph_rec.inputs, *self.graph_rec.outputs)}
+        want.update({w: None for w in self.graph_rec.weights})
         have = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
         why = []
         if have != set(want):
@@ -94,8 +95,8 @@ class _Engine:
                 w = self.backend.weights[n]
                 if shape != tuple(w.shape) or dtype != w.dtype:
                     why.append(f"weight {n} is {shape} {dtype} in the engine, {tuple(w.shape)} {w.dtype} in the store")
-            elif shape != tuple(spec["shape"]) or dtype != TORCH_DTYPES[spec["dtype"]]:
-                why.append(f"{n} is {shape} {dtype} in the engine, {tuple(spec['shape'])} {spec['dtype']} in the graph")
+            elif shape != spec.shape or dtype != TORCH_DTYPES[spec.dtype]:
+                why.append(f"{n} is {shape} {dtype} in the engine, {spec.shape} {spec.dtype} in the graph")
         if why:
             raise ArtifactError(f"{self.name}: the engine was not built from this graph: " + "; ".join(why)
                                 + f". Rebuild with fastvar-build {self.backend.art.root} --force")
@@ -142,7 +143,7 @@ class _Engine:
         if t is None:
             if name not in self.owned:
                 spec = self.outputs[name]
-                self.owned[name] = torch.empty(spec["shape"], dtype=TORCH_DTYPES[spec["dtype"]],
+                self.owned[name] = torch.empty(spec.shape, dtype=TORCH_DTYPES[spec.dtype],
                                                device=self.backend.device)
             t = self.owned[name]
         self.bind(name, t)
@@ -194,7 +195,7 @@ class _Engine:
     def release(self) -> None:
         """Let go of the tensors bound by address that this engine does not own (KV slices, caches, inputs);
         weights and owned buffers stay. The next run rebinds them, and recaptures its CUDA graph."""
-        weights = set(self.graph_rec.get("weights", []))
+        weights = set(self.graph_rec.weights)
         self.bound = {n: t for n, t in self.bound.items() if n in weights or n in self.owned}
         self.cuda_graph = None
 
@@ -220,18 +221,18 @@ class TensorRTBackend(GraphBackend):
         self.device = torch.device(device)
         self.on_cuda = self.device.type == "cuda"
         self.cuda_graphs = cuda_graphs
-        engines = art.data.get("engines") or {}
+        engines = art.manifest.engines
         names = graphs or art.run_graphs()
         unbuilt = [n for n in names if n not in engines]
         if unbuilt:
             raise ArtifactError(f"{art.root}: no engine for {', '.join(unbuilt)}; run fastvar-build {art.root}")
-        stale = [n for n in names if engines[n].get("graph_key") != art.graph(n)["key"]]
+        stale = [n for n in names if engines[n].graph_key != art.graph(n).key]
         if stale:
             raise ArtifactError(f"{art.root}: the engines of {', '.join(stale)} were built from older graphs; "
                                 f"run fastvar-build {art.root}")
-        cc = device_compute_capability() if self.on_cuda else engines[names[0]]["compute_capability"]
+        cc = device_compute_capability() if self.on_cuda else engines[names[0]].compute_capability
         self.check_machine(art, names, trt.__version__, cc)
-        if any(engines[n].get("plugin", {}).get("implementation") == "jit" for n in names):
+        if any(engines[n].plugin.get("implementation") == "jit" for n in names):
             from fastvar.plugins.restore.trt_plugin import register
 
             register(int(cc.replace(".", "")))
@@ -251,7 +252,7 @@ class TensorRTBackend(GraphBackend):
         for e in self.engines.values():
             e.context.set_device_memory(self.scratch.data_ptr(), size)
         self._setup(art, self.device, self.engines)
-        codebook = art.data.get("codebook")  # HART embeds sampled indices itself: the store's codebook rows
+        codebook = art.manifest.codebook  # HART embeds sampled indices itself: the store's codebook rows
         self.codebook = self.weights[codebook] if codebook else None
 
     @staticmethod
@@ -263,7 +264,7 @@ class TensorRTBackend(GraphBackend):
 
         why = []
         for n in names:
-            rec = EngineRecord.from_dict(art.data["engines"][n])
+            rec = art.manifest.engines[n].record()
             current = {}
             if rec.plugin.get("ptx_sha256") and rec.compute_capability == cc and _has_triton():
                 model = onnx.load(str(art.graph_path(n)), load_external_data=False)

@@ -38,15 +38,15 @@ class TorchGraphBackend(GraphBackend):
 
     def __init__(self, art: Artifact, model, decoder,
                  wrap: Callable[[GraphSession], GraphSession] | None = None) -> None:
-        d, fam = art.data, for_artifact(art)
-        shapes = Shapes(batch=d["batch"], text_len=d["text_len"], guidance=d["guidance"])
+        m, fam = art.manifest, for_artifact(art)
+        shapes = Shapes(batch=m.batch, text_len=m.text_len, guidance=m.guidance)
         graphs = fam.graphs(model, decoder, artifact_schedule(art), art.plan(), shapes, {}, None)
         weights = weight_tensors(model)
         sessions = {}
         for g in graphs:
             gd = g.definition()  # the module takes the model's own weights (the store may hold derived ones)
-            if gd.name in d["graphs"]:
+            if gd.name in m.graphs:
                 s = TorchGraphSession(art, gd.name, g.module().eval(), [weights[w] for w in gd.weights])
                 sessions[gd.name] = wrap(s) if wrap is not None else s
         self._setup(art, torch.device("cpu"), sessions)
-        self.codebook = fam.extra_weights(decoder).get(d.get("codebook"))
+        self.codebook = fam.extra_weights(decoder).get(m.codebook)
