@@ -1,5 +1,5 @@
 """Small ONNX models and edits of real exported graphs that plant one TensorRT incompatibility each
-(for tests/test_onnx_check.py)."""
+(for tests/builder/test_onnx_check.py)."""
 
 from __future__ import annotations
 
