@@ -8,17 +8,35 @@ timings, so neither backends nor families can drift apart in them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from fastvar.export.models.bsq_vae import to_uint8_image
-from fastvar.export.schedules import PrunePlan, ScaleSchedule
+from fastvar.export.schedules import PrunePlan, ScaleSchedule, StepPlan
 from fastvar.runtime.clock import CudaClock, HostClock, clock_for
 from fastvar.runtime.loop import Geometry, HARTGeometry
+from fastvar.runtime.step_call import StepCall
 from fastvar.sampling import SamplingSettings
 
-__all__ = ["Geometry", "HARTGeometry", "GenerationResult", "SamplingSettings", "generate", "scale_key"]
+__all__ = ["Backend", "Geometry", "HARTGeometry", "GenerationResult", "SamplingSettings", "generate", "scale_key"]
+
+
+class Backend(Protocol):
+    """What the chain asks of every backend (``runtime.backends``: the graph backend over ONNX Runtime,
+    TensorRT, ONNX-reference or torch-graph sessions, and the torch references). HART's loop also calls
+    ``diffusion``, ``next_input`` and ``codebook`` (``runtime.backends.hart_calls``)."""
+
+    device: torch.device
+
+    def start(self, text: torch.Tensor, lengths: torch.Tensor, cfg_active: bool) -> None: ...
+
+    def step(self, st: StepPlan, call: StepCall) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+    def end_loop(self) -> None: ...
+
+    def decode(self, state: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -45,7 +63,7 @@ def _check_forced_keys(force_tokens: dict, plan: PrunePlan) -> None:
 
 
 @torch.inference_mode()
-def generate(backend, sched: ScaleSchedule, plan: PrunePlan, geom: Geometry | HARTGeometry, text: torch.Tensor,
+def generate(backend: Backend, sched: ScaleSchedule, plan: PrunePlan, geom: Geometry | HARTGeometry, text: torch.Tensor,
              lengths: torch.Tensor, settings: SamplingSettings, force_tokens: dict[str, np.ndarray] | None = None,
              keep_logits: bool = False, clock: HostClock | CudaClock | None = None) -> GenerationResult:
     """Generate a batch of images; text (B, Lt, D) padded, lengths (B,), one row of ``settings`` per image.
