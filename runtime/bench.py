@@ -155,16 +155,16 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
         for spec in opts.schedules:
             art = _artifact(opts, res, spec, log)
             engine_art = _engine_artifact(opts, res, spec, log) if "tensorrt" in opts.backends else None
-            d = art.data
+            m = art.manifest
             sched, plan, geom = artifact_schedule(art), art.plan(), artifact_geometry(art)
-            text = load_text_embeddings(None, d["batch"], text_channels(art), default_len=min(16, d["text_len"]))
-            rows = 2 * d["batch"] if d["guidance"] else d["batch"]
-            macs = step_macs(model_config(art), plan, rows, d["batch"], d["text_len"])
+            text = load_text_embeddings(None, m.batch, text_channels(art), default_len=min(16, m.text_len))
+            rows = 2 * m.batch if m.guidance else m.batch
+            macs = step_macs(model_config(art), plan, rows, m.batch, m.text_len)
             settings = artifact_sampling(art)
             for backend in opts.backends:
                 _reset_peak_rss()
                 be = open_backend(engine_art if backend == "tensorrt" else art, backend, _device(backend))
-                c = Config(res, spec, backend, macs=sum(m.macs for m in macs), pixels=d["pixels"][0] * d["pixels"][1])
+                c = Config(res, spec, backend, macs=sum(m.macs for m in macs), pixels=m.pixels[0] * m.pixels[1])
                 _measure(c, be, family.loop_graphs, functools.partial(generate, be, sched, plan, geom, *text, settings),
                          opts)
                 configs.append(c)
@@ -212,7 +212,7 @@ def _family(opts: BenchOptions) -> Family:
 
 def model_config(art: Artifact):
     """The model config an artifact was exported with (its manifest's ``model.config``)."""
-    return for_artifact(art).config_from_dict(art.data["model"]["config"])
+    return for_artifact(art).config_from_dict(art.manifest.model.config)
 
 
 def _artifact(opts: BenchOptions, res: str, spec: str, log: Callable[[str], None],

@@ -90,7 +90,7 @@ def _backend(chain: str, art):
         from fastvar.runtime.backends.tensorrt import TensorRTBackend
 
         trt, build, factory = _fake_tensorrt()
-        if not art.data.get("engines"):
+        if not art.manifest.engines:
             build(art.root)
         trt._fake.set_session_factory(factory)
         return TensorRTBackend(Artifact.load(art.root), "cpu")
