@@ -18,6 +18,7 @@ from pathlib import Path
 
 from fastvar.atomic import atomic_write_bytes, atomic_write_json
 from fastvar.compat import EngineRecord
+from fastvar.lock import artifact_lock
 from fastvar.manifest import MANIFEST, Artifact, ArtifactError, sha256_file
 from fastvar.manifest_schema import EngineFile
 
@@ -38,6 +39,7 @@ class BuildOptions:
     compute_capability: str | None = None  # default: the CUDA device's (an engine is built where it runs)
     validation: bool = False  # also the pruned steps' validation variants (fastvar-validate --backend tensorrt)
     tf32: bool = False  # TensorRT enables TF32 for fp32 math by default; fp32 here means fp32 unless asked
+    wait: bool = False  # wait for another writer's lock on the artifact instead of refusing at once
 
     def flags(self) -> list[str]:
         return ["PREFER_AOT_PYTHON_PLUGINS"] + (["TF32"] if self.tf32 else ["no TF32"])
@@ -187,13 +189,19 @@ def _stale_reason(art: Artifact, name: str, rec: EngineFile | None, trt_version:
 
 
 def build_engines(root: str | Path, opts: BuildOptions | None = None, log: Callable[[str], None] = print) -> dict:
-    """Check, then build what is stale; returns the manifest's ``engines`` table."""
+    """Check, then build what is stale, holding the artifact's writer lock; returns the ``engines`` table."""
+    opts = opts or BuildOptions()
+    Artifact.load(root)  # not an artifact: its own message, before any lock file is made
+    with artifact_lock(root, opts.wait):
+        return _build_engines(root, opts, log)
+
+
+def _build_engines(root: str | Path, opts: BuildOptions, log: Callable[[str], None]) -> dict:
     import onnx
 
     from fastvar.builder.onnx_check import require_compatible
     from fastvar.plugins.restore.trt_plugin import plugin_fingerprint
 
-    opts = opts or BuildOptions()
     opts.validate()
     art = Artifact.load(root)
     art.verify()

@@ -28,6 +28,7 @@ from fastvar.export.memory_plan import MemoryPlan
 from fastvar.export.models.factory import ModelOptions, build_pair
 from fastvar.export.schedules import PrunePlan, ScaleSchedule
 from fastvar.family import for_model
+from fastvar.lock import LOCK, artifact_lock
 from fastvar.manifest import FORMAT_VERSION, MANIFEST, file_record, verify_file
 
 BACKENDS = ("tensorrt", "onnxruntime", "onnx")
@@ -46,6 +47,7 @@ class ExportOptions(ModelOptions):
     gpu_memory: float | None = None
     attention_budget_mib: float | None = None  # None: 512 for onnxruntime, unchunked for TensorRT/onnx
     allow_nonempty: bool = False  # write into a non-empty directory that is not an artifact
+    wait: bool = False  # wait for another writer's lock on the artifact instead of refusing at once
 
     def resolved_attention_budget(self) -> int | None:
         """Bytes one chunk of decomposed attention may hold; TensorRT fuses attention, so no chunking."""
@@ -194,10 +196,18 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
     root = Path(opts.out) if opts.out else default_out(opts)
     if root.exists() and not root.is_dir():
         raise ValueError(f"--out {root} exists and is not a directory")
-    if root.is_dir() and not (root / MANIFEST).is_file() and any(root.iterdir()) and not opts.allow_nonempty:
+    theirs = root.is_dir() and any(p.name != LOCK for p in root.iterdir())
+    if theirs and not (root / MANIFEST).is_file() and not opts.allow_nonempty:
         raise ValueError(f"--out {root} is a non-empty directory that is not an artifact (no {MANIFEST}); give an "
                          "empty or new directory, or --allow-nonempty to write the artifact among its files")
     root.mkdir(parents=True, exist_ok=True)
+    with artifact_lock(root, opts.wait):
+        return _write_artifact(opts, root, source, sched, plan, shapes, mem, log)
+
+
+def _write_artifact(opts: ExportOptions, root: Path, source, sched: ScaleSchedule, plan: PrunePlan, shapes: Shapes,
+                    mem: MemoryPlan, log: Callable[[str], None]) -> dict:
+    """The export proper, under the artifact's writer lock: what is stale is rewritten, the rest kept."""
     restore_op = opts.resolved_restore_op()
     from fastvar.plugins.restore.onnx_op import register_schema, translation_table
 
@@ -224,10 +234,17 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
         "memory_plan": mem.to_dict(), "engines": {},
     }
     _sweep_temp_files(root)
-    if old:  # from here until the end the directory is an unfinished export, whatever happens
-        _write_manifest(root, {**old, "complete": False})
-    else:
-        _write_manifest(root, manifest)
+    marked = []
+
+    def unfinished() -> None:
+        """Before the first file is rewritten: from here until the end the directory is an unfinished export,
+        whatever happens. A no-op re-export never marks a complete artifact incomplete."""
+        if not marked:
+            _write_manifest(root, {**old, "complete": False} if old else manifest)
+            marked.append(True)
+
+    if not old:
+        unfinished()
     rebuilt, t_all = [], time.perf_counter()
     n = len(defs)
     real: dict[str, object] = {}
@@ -246,6 +263,7 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
             real.update((x.definition().name, x) for x in fam.graphs(model, vae, sched, plan, shapes, restore_fns,
                                                                      budget))
         g = real[d.name]
+        unfinished()
         data, final = _export_one(g, d, weights, table)
         atomic_write_bytes(path, data)
         manifest["graphs"][d.name] = {**final.signature(), "key": key, "file": file_record(root, path)}
@@ -269,6 +287,7 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> dict:
         extra = fam.extra_weights(vae)
         keys = [*keys, *extra]
         tensors.update(extra)
+        unfinished()
         write_store(store, keys, tensors)
         manifest["weights"] = [{**file_record(root, store), "key": wkey, "tensors": len(keys)}]
         rebuilt.append("weights")

@@ -169,9 +169,11 @@ def run_cmd(ctx, artifact, backend, device, model_name, ckpt, vae_path, random_i
 @click.option("--force", is_flag=True, help="Rebuild everything, even what is up to date.")
 @click.option("--allow-nonempty", is_flag=True, help="Let --out name a non-empty directory that is not an artifact "
               "(its other files are left alone).")
+@click.option("--wait", is_flag=True, help="If another process is writing the artifact, wait for it instead of "
+              "failing at once.")
 def export_cmd(model_name, ckpt, vae_path, random_init, depth, weights_seed, res, aspect, schedule, precision, batch,
                text_len, guidance, backend, restore_op, attention_budget, plan_only, gpu_memory, out, force,
-               allow_nonempty) -> None:
+               allow_nonempty, wait) -> None:
     """Compile a model for one resolution and aspect into per-scale static ONNX graphs, one weight store and
     a manifest.
 
@@ -183,7 +185,7 @@ def export_cmd(model_name, ckpt, vae_path, random_init, depth, weights_seed, res
                          weights_seed=weights_seed, res=res, aspect=aspect, schedule=schedule, precision=precision,
                          batch=batch, text_len=text_len, guidance=guidance, backend=backend, restore_op=restore_op,
                          out=out, force=force, gpu_memory=gpu_memory, attention_budget_mib=attention_budget,
-                         allow_nonempty=allow_nonempty)
+                         allow_nonempty=allow_nonempty, wait=wait)
     try:
         if plan_only:
             mem = plan_memory(opts)
@@ -234,8 +236,10 @@ def demo_cmd(out) -> None:
               "fastvar-validate --backend tensorrt).")
 @click.option("--check-only", is_flag=True, help="Run the static TensorRT compatibility check (any machine) and stop.")
 @click.option("--force", is_flag=True, help="Rebuild every engine, even those whose record is current.")
+@click.option("--wait", is_flag=True, help="If another process is writing the artifact, wait for it instead of "
+              "failing at once.")
 def build_cmd(artifact, optimization_level, workspace, timing_cache, graphs, tf32, validation, check_only,
-              force) -> None:
+              force, wait) -> None:
     """Build TensorRT engines for the graphs of ARTIFACT on this machine's GPU, and record in the manifest
     what each was built with (TensorRT version, compute capability, plugin kernel hash, builder settings).
 
@@ -262,7 +266,7 @@ def build_cmd(artifact, optimization_level, workspace, timing_cache, graphs, tf3
             click.echo(f"{len(found)} graphs pass the TensorRT compatibility check")
             return
         opts = BuildOptions(optimization_level=optimization_level, workspace_mib=workspace, timing_cache=timing_cache,
-                            force=force, graphs=tuple(graphs), validation=validation, tf32=tf32)
+                            force=force, graphs=tuple(graphs), validation=validation, tf32=tf32, wait=wait)
         build_engines(artifact, opts, log=click.echo)
     except (IncompatibleGraphs, BuildError) as err:
         click.echo(f"error: {err}", err=True)

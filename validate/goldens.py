@@ -22,6 +22,7 @@ import torch
 from fastvar import graph_names as gn
 from fastvar.atomic import atomic_write_bytes, atomic_write_json
 from fastvar.family import artifact_geometry, artifact_sampling, artifact_schedule, text_channels
+from fastvar.lock import artifact_lock
 from fastvar.manifest import Artifact, ArtifactError, inside, sha256_file
 from fastvar.runtime.backends import reference_models
 from fastvar.runtime.backends.graph import GraphSession
@@ -64,7 +65,13 @@ class RecordingSession:
 
 def write_goldens(art: Artifact, seed: int = 0, text_embeddings: str | None = None,
                   log: Callable[[str], None] = print) -> dict:
-    """Record every graph's goldens from a real reference generation; returns the index."""
+    """Record every graph's goldens from a real reference generation, holding the artifact's writer lock;
+    returns the index."""
+    with artifact_lock(art.root):
+        return _write_goldens(art, seed, text_embeddings, log)
+
+
+def _write_goldens(art: Artifact, seed: int, text_embeddings: str | None, log: Callable[[str], None]) -> dict:
     root = inside(art.root, GOLDENS)  # never written through a link pointing out of the artifact
     graphs = art.manifest.graphs
     index: dict = {"seed": seed, "runner": REFERENCE_RUNNER, "graphs": {}}

@@ -68,3 +68,23 @@ def test_export_deletes_no_file_it_does_not_own(tmp_path):
     assert all(p.read_text() == "keep me" for p in theirs) and not ours.exists()
     assert (out / "manifest.json").is_file()
     assert _export(args).exit_code == 0  # an artifact now: a re-run needs no flag
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
+    """Two exports into one directory would mix their files: the second fails at once, naming the PID that
+    holds the artifact's lock, and writes nothing."""
+    import fcntl
+    import os
+
+    out = tmp_path / "art"
+    out.mkdir()
+    holder = os.open(out / ".fastvar.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        os.write(holder, b"4242\n")
+        r = _export(["--model", "infinity-tiny", "--random-init", "--res", "256", "--text-len", "8", "--out", str(out)])
+        assert r.exit_code == 2 and "being written by another fastvar process (PID 4242)" in r.output
+        assert "--wait" in r.output
+    finally:
+        os.close(holder)
+    assert sorted(p.name for p in out.iterdir()) == [".fastvar.lock"]

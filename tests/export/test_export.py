@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -294,3 +295,16 @@ def test_attention_query_chunks_bound_the_scores_and_change_nothing():
     assert np.abs(got - want.numpy()).max() <= 1e-5 * np.abs(want.numpy()).max()
     ops = [n.op_type for n in onnx.load_from_string(data).graph.node]
     assert ops.count("Softmax") >= 4 * 4  # 256 queries in chunks of 64, in each of the 4 blocks
+
+
+def test_a_no_op_re_export_never_marks_the_artifact_incomplete(tiny_artifacts, tmp_path, monkeypatch):
+    """While an up-to-date artifact is re-checked, a concurrent fastvar-run must still find it complete."""
+    import fastvar.export.artifact as artifact
+
+    root = tmp_path / "none"
+    shutil.copytree(tiny_artifacts["none"], root)
+    written = []
+    real = artifact._write_manifest
+    monkeypatch.setattr(artifact, "_write_manifest", lambda r, m: (written.append(m["complete"]), real(r, m)))
+    m = export_tiny(root, "none")
+    assert m["_rebuilt"] == [] and written and all(written)
