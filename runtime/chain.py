@@ -52,13 +52,14 @@ def scale_key(index: int) -> str:
 
 
 def _check_forced_keys(force_tokens: dict, plan: PrunePlan) -> None:
-    """Teacher forcing replaces the scales it names; a name that matches no executed scale is a mistake."""
-    expected = [scale_key(st.index) for st in plan.executed]
+    """Teacher forcing replaces the scales it names; a name that matches no scale of the schedule is a mistake
+    (a scale this run's plan skips is not: tokens saved by a ``none`` run force a ``fastvar`` run)."""
+    expected = [scale_key(st.index) for st in plan.steps]
     if not force_tokens:
         raise ValueError(f"--force-tokens: the archive holds no arrays; expected keys: {', '.join(expected)}")
     unknown = sorted(set(force_tokens) - set(expected))
     if unknown:
-        raise ValueError(f"--force-tokens: {', '.join(unknown)} match no executed scale of this run; expected keys: "
+        raise ValueError(f"--force-tokens: {', '.join(unknown)} match no scale of this schedule; expected keys: "
                          f"{', '.join(expected)}")
 
 

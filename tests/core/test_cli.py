@@ -75,7 +75,7 @@ def test_bad_input_is_a_clear_error(tmp_path, args, msg):
 
 
 @pytest.mark.parametrize("keys,msg", [
-    (["SCALE_00"], "SCALE_00 match no executed scale of this run; expected keys: scale_00, scale_01"),
+    (["SCALE_00"], "SCALE_00 match no scale of this schedule; expected keys: scale_00, scale_01"),
     ([], "the archive holds no arrays"),
 ])
 def test_force_tokens_that_match_no_scale_are_named(tmp_path, keys, msg):
