@@ -67,10 +67,11 @@ def _written_through(path: Path, kind: str) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
-        with open(tmp, "rb") as src, open(path, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-    except OSError as err:
-        raise OSError(f"{path} ({kind}): could not write through it: {err.strerror or err}") from None
+        try:
+            with open(tmp, "rb") as src, open(path, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        except OSError as err:  # only the copy into the device or FIFO: the caller's own errors pass unchanged
+            raise OSError(f"{path} ({kind}): could not write through it: {err.strerror or err}") from None
     finally:
         os.unlink(tmp)
 
