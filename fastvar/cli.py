@@ -31,6 +31,15 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def _fail_rows(err) -> None:
+    """A run whose rows went non-finite: the good rows' files, then one error per failed row, exit 2."""
+    if err.written:
+        click.echo(f"wrote {', '.join(str(p) for p in err.written)}")
+    for line in err.lines:
+        click.echo(f"error: {line}", err=True)
+    sys.exit(2)
+
+
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -109,8 +118,13 @@ def run_cmd(ctx, artifact, backend, device, model_name, ckpt, vae_path, random_i
       fastvar-run engines/tiny --seed 0 --out a.png
       fastvar-run --model infinity-tiny --random-init --res 1024 --seed 0 --out a.png
       fastvar-run --model hart-tiny --random-init --seed 0 --out h.png
+
+    An image whose logits go NaN or infinite (e.g. a --cfg so large they overflow) is not written: the
+    other images of the batch are, an error names each failed image, its seed and the first scale that
+    went bad, and the exit status is 2. --save-tokens/--save-logits still hold every image's rows.
     """
     from fastvar.runtime.artifact_run import run_artifact
+    from fastvar.runtime.nonfinite import NonFiniteRows
     from fastvar.runtime.reference_run import RunOptions, run_reference
 
     if artifact is not None:
@@ -126,6 +140,8 @@ def run_cmd(ctx, artifact, backend, device, model_name, ckpt, vae_path, random_i
                                   tau=tau, save_tokens=save_tokens, save_logits=save_logits,
                                   force_tokens=force_tokens, timings=timings, device=device,
                                   more_smooth=more_smooth, log=click.echo)
+        except NonFiniteRows as err:
+            _fail_rows(err)
         except (ValueError, OSError, ImportError) as err:
             _fail(str(err))
         click.echo(f"wrote {', '.join(str(p) for p in report['images'])}")
@@ -142,6 +158,8 @@ def run_cmd(ctx, artifact, backend, device, model_name, ckpt, vae_path, random_i
     try:
         report = run_reference(opts, out=out, save_tokens=save_tokens, save_logits=save_logits,
                                force_tokens=force_tokens, timings=timings, log=click.echo)
+    except NonFiniteRows as err:
+        _fail_rows(err)
     except (ValueError, OSError) as err:
         _fail(str(err))
     click.echo(f"wrote {', '.join(str(p) for p in report['images'])}")

@@ -10,6 +10,7 @@ from fastvar.manifest_schema import Manifest, MemoryRecord
 from fastvar.runtime.backends import open_backend
 from fastvar.runtime.chain import generate
 from fastvar.runtime.io import load_text_embeddings, read_npz, write_json, write_outputs
+from fastvar.runtime.nonfinite import failed_records, raise_for_failed_rows
 
 
 def memory_report(backend, manifest: Manifest) -> dict:
@@ -55,9 +56,10 @@ def run_artifact(root: str, out: str, backend: str = "auto", text_embeddings: st
     forced = read_npz(force_tokens) if force_tokens else None
     load_s = time.perf_counter() - t0
     res = generate(be, sched, art.plan(), geom, text, lengths, settings, force_tokens=forced,
-                   keep_logits=save_logits is not None)
+                   keep_logits=save_logits is not None, allow_failed_rows=True)
     paths = write_outputs(res, out, save_tokens, save_logits)
     report = {"backend": be.name, "load_s": load_s, **res.timings, "images": [str(p) for p in paths],
+              "failed": failed_records(res.failed, settings.seeds),
               "memory": memory_report(be, m)}
     if timings:
         write_json(timings, report)
@@ -67,4 +69,5 @@ def run_artifact(root: str, out: str, backend: str = "auto", text_embeddings: st
         f"{mem['planned_peak_activations_bytes'] / 2**30:.2f} GiB ({mem['planned_peak_note']})")
     log(f"{be.name}: loop {res.timings['loop_s']:.2f}s, decode {res.timings['decode_s']:.2f}s; per step: "
         + ", ".join(f"{s['index']}:{s['seconds']:.3f}s" for s in res.timings["steps"]))
+    raise_for_failed_rows(res.failed, settings.seeds, paths)
     return report

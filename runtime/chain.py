@@ -17,10 +17,12 @@ from fastvar.export.models.bsq_vae import to_uint8_image
 from fastvar.export.schedules import PrunePlan, ScaleSchedule, StepPlan
 from fastvar.runtime.clock import CudaClock, HostClock, clock_for
 from fastvar.runtime.loop import Geometry, HARTGeometry
+from fastvar.runtime.nonfinite import NonFiniteRows, RowFlags, failure_lines
 from fastvar.runtime.step_call import StepCall
 from fastvar.sampling import SamplingSettings
 
-__all__ = ["Backend", "Geometry", "HARTGeometry", "GenerationResult", "SamplingSettings", "generate", "scale_key"]
+__all__ = ["Backend", "Geometry", "HARTGeometry", "GenerationResult", "NonFiniteRows", "SamplingSettings", "generate",
+           "scale_key"]
 
 
 class Backend(Protocol):
@@ -41,10 +43,16 @@ class Backend(Protocol):
 
 @dataclass
 class GenerationResult:
-    images: np.ndarray  # (B, H, W, 3) uint8 RGB
+    images: np.ndarray  # (n, H, W, 3) uint8 RGB: the rows in ``rows`` (every row of the batch unless one failed)
     tokens: dict[str, np.ndarray] = field(default_factory=dict)  # scale_XX -> bits (B,h,w,bits) / indices (B,h,w)
     logits: dict[str, np.ndarray] = field(default_factory=dict)  # scale_XX -> (B, h*w, V) float32
     timings: dict = field(default_factory=dict)
+    rows: tuple[int, ...] = ()  # the batch row of each image
+    failed: dict[int, str] = field(default_factory=dict)  # batch row -> where it first went non-finite
+
+    @property
+    def batch(self) -> int:
+        return len(self.rows) + len(self.failed)
 
 
 def scale_key(index: int) -> str:
@@ -66,11 +74,18 @@ def _check_forced_keys(force_tokens: dict, plan: PrunePlan) -> None:
 @torch.inference_mode()
 def generate(backend: Backend, sched: ScaleSchedule, plan: PrunePlan, geom: Geometry | HARTGeometry, text: torch.Tensor,
              lengths: torch.Tensor, settings: SamplingSettings, force_tokens: dict[str, np.ndarray] | None = None,
-             keep_logits: bool = False, clock: HostClock | CudaClock | None = None) -> GenerationResult:
+             keep_logits: bool = False, clock: HostClock | CudaClock | None = None,
+             allow_failed_rows: bool = False) -> GenerationResult:
     """Generate a batch of images; text (B, Lt, D) padded, lengths (B,), one row of ``settings`` per image.
 
     ``clock`` times the loop, each step and the decoder (default: CUDA events on the backend's stream on a
-    GPU, host time on a CPU); the timings are read after the image, so timing adds no wait between steps."""
+    GPU, host time on a CPU); the timings are read after the image, so timing adds no wait between steps.
+
+    A row whose logits (HART: or diffusion residual, or either family's decoder input or output) hold a NaN
+    or infinity fails: flagged on the device, read once after the loop. By default that raises
+    ``NonFiniteRows`` (a caller needing every row: validation, benchmarks); with ``allow_failed_rows`` the
+    result leaves the failed rows' images out and names them in ``failed`` (tokens and logits keep every
+    row: they are the evidence), and a batch whose every row failed is not decoded."""
     batch = text.shape[0]
     if settings.batch != batch:
         raise ValueError(f"the sampling settings have {settings.batch} rows, the text {batch}")
@@ -86,8 +101,11 @@ def generate(backend: Backend, sched: ScaleSchedule, plan: PrunePlan, geom: Geom
     last_exec = plan.executed[-1].index
     tokens: dict[str, torch.Tensor] = {}
     logits_kept: dict[str, torch.Tensor] = {}
+    flags = RowFlags(batch)
     for st in plan.executed:
         logits, sampled = loop.step(backend, st, noise, cfg, write_kv=st.index != last_exec)
+        where = f"scale {st.index} ({st.h}x{st.w} tokens)"
+        flags.check(f"the logits of {where}", logits)  # what is sampled from: after CFG (and τ)
         key = scale_key(st.index)
         drawn = loop.sample(logits, sampled, st, noise)
         if force_tokens is not None and key in force_tokens:
@@ -95,16 +113,31 @@ def generate(backend: Backend, sched: ScaleSchedule, plan: PrunePlan, geom: Geom
         tokens[key] = drawn  # stays on the device: no host sync between steps
         if keep_logits:
             logits_kept[key] = logits.float().clone()
-        loop.advance(backend, st, drawn, noise, cfg)
+        for what, values in loop.advance(backend, st, drawn, noise, cfg).items():
+            flags.check(f"{what} at {where}", values)
         marks.append(clock.mark())
     t_dec = marks[-1]
+    flags.check("the decoder's input (the state after the last step)", loop.state)
     del noise, logits, sampled, drawn
     loop.end_loop()
     backend.end_loop()  # the decoder needs none of the loop's state: its peak is not added to theirs
-    image = loop.decode(backend)
+    failed = flags.read()  # the one host sync of the checks: after the loop, before the decoder
+    if failed and not allow_failed_rows:
+        raise NonFiniteRows(failure_lines(failed, settings.seeds))
+    images = np.empty((0, 0, 0, 3), np.uint8)
+    if len(failed) < batch:
+        if failed:  # the failed rows decode zeros: nothing non-finite reaches the decoder
+            loop.state[sorted(failed)] = 0
+        image = loop.decode(backend)
+        bad_image = ~torch.isfinite(image.reshape(batch, -1)).all(dim=1)
+        images = to_uint8_image(image)
+        failed |= {row: "the decoded image" for row in bad_image.nonzero().flatten().tolist() if row not in failed}
+        if failed and not allow_failed_rows:
+            raise NonFiniteRows(failure_lines(failed, settings.seeds))
     t_end = clock.mark()
     clock.wait()
-    result = GenerationResult(images=to_uint8_image(image))
+    rows = tuple(r for r in range(batch) if r not in failed)
+    result = GenerationResult(images=images[list(rows)] if len(images) else images, rows=rows, failed=failed)
     result.tokens = {k: t.cpu().numpy() for k, t in tokens.items()}
     result.logits = {k: t.cpu().numpy() for k, t in logits_kept.items()}
     steps_t = [{"index": st.index, "seconds": clock.seconds(a, b)}

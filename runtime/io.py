@@ -6,6 +6,7 @@ import io
 import json
 import os
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +22,19 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_images(images: np.ndarray, out: str | os.PathLike) -> list[Path]:
-    """One PNG per image: ``out`` itself for a batch of one, ``stem_{i}.png`` beside it otherwise."""
+def write_images(images: np.ndarray, out: str | os.PathLike, rows: Sequence[int] | None = None,
+                 batch: int | None = None) -> list[Path]:
+    """One PNG per image: ``out`` itself for a batch of one, ``stem_{row}.png`` beside it otherwise.
+
+    ``rows`` names each image's row of a ``batch`` whose failed rows are left out: the names do not
+    depend on which rows failed."""
     out = Path(out)
-    if len(images) == 1:
-        return [atomic_write_bytes(out, png_bytes(images[0]))]
-    return [atomic_write_bytes(out.with_name(f"{out.stem}_{i}{out.suffix or '.png'}"), png_bytes(img))
-            for i, img in enumerate(images)]
+    rows = range(len(images)) if rows is None else rows
+    batch = len(images) if batch is None else batch
+    if batch == 1:
+        return [atomic_write_bytes(out, png_bytes(img)) for img in images]
+    return [atomic_write_bytes(out.with_name(f"{out.stem}_{row}{out.suffix or '.png'}"), png_bytes(img))
+            for row, img in zip(rows, images, strict=True)]
 
 
 def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
@@ -119,8 +126,10 @@ def load_text_embeddings(path: str | os.PathLike | None, batch: int, channels: i
 
 
 def write_outputs(res, out: str, save_tokens: str | None, save_logits: str | None) -> list:
-    """The image(s), and the token and logit archives when asked: every run writes them the same way."""
-    paths = write_images(res.images, out)
+    """The image(s), and the token and logit archives when asked: every run writes them the same way.
+
+    A failed row (``res.failed``) gets no image; the archives keep every row, the evidence of where it failed."""
+    paths = write_images(res.images, out, res.rows, res.batch)
     if save_tokens:
         write_npz(save_tokens, res.tokens)
     if save_logits:

@@ -8,6 +8,9 @@ noise, what state is fed back to the next step, and how the final state is decod
 * HART: codebook indices; the state is ``f_hat`` (Φ-corrected residual sum) and the next scale's
   input; the guidance weight ramps per step; the last step adds the diffusion head's residual.
 
+``advance`` returns what else the step sampled from besides the logits (HART's diffusion residual), so
+the loop can flag a row that went non-finite there too (``runtime.nonfinite``).
+
 Noise is drawn row by row from each row's seed (``SamplingSettings``) and stacked, so an image does not
 depend on what else is in its batch.
 """
@@ -111,11 +114,13 @@ class InfinityLoop:
             raise ValueError(f"--force-tokens: {key} holds values other than 0 and 1 (bits are expected)")
         return torch.from_numpy(arr.astype(np.uint8))
 
-    def advance(self, backend, st: StepPlan, tokens: torch.Tensor, noise, cfg: float) -> None:
+    def advance(self, backend, st: StepPlan, tokens: torch.Tensor, noise, cfg: float) -> dict[str, torch.Tensor]:
+        """Add the step's codes to the sum; nothing besides the logits is sampled from."""
         codes = bits_to_codes(tokens, self.geom.codebook_dim, self.geom.patchify)
         if st.index != self.sched.scales[-1].index:
             codes = upsample_codes(codes, self.final_hw)
         self.summed = codes if self.summed is None else self.summed + codes
+        return {}
 
     @property
     def state(self) -> torch.Tensor:
@@ -172,8 +177,9 @@ class HARTLoop:
             raise ValueError(f"--force-tokens: {key} holds indices outside [0, {self.geom.vocab})")
         return torch.from_numpy(arr.astype(np.int32))
 
-    def advance(self, backend, st: StepPlan, tokens: torch.Tensor, noise, cfg: float) -> None:
-        """Feed back the token vectors (Gumbel-soft or codebook rows), plus the diffusion residual at the end."""
+    def advance(self, backend, st: StepPlan, tokens: torch.Tensor, noise, cfg: float) -> dict[str, torch.Tensor]:
+        """Feed back the token vectors (Gumbel-soft or codebook rows), plus the diffusion residual at the end
+        (returned: the diffusion head samples with its own guidance, so its output is checked too)."""
         si, steps = st.index, len(self.geom.patch_nums)
         b = tokens.shape[0]
         codebook = backend.codebook
@@ -182,9 +188,13 @@ class HARTLoop:
             h = gumbel_soft_embedding(self.filtered, guidance_ratio(si, steps), self.noise.gumbel[si], codebook)
         else:
             h = codebook[idx].float()
+        sampled = {}
         if si == steps - 1:
-            h = h + backend.diffusion(codebook[idx].float(), self.noise.diffusion, self.weight(cfg, si))
+            residual = backend.diffusion(codebook[idx].float(), self.noise.diffusion, self.weight(cfg, si))
+            sampled["the diffusion head's output"] = residual
+            h = h + residual
         self.f_hat, self.x_in = backend.next_input(si, self.f_hat, h)
+        return sampled
 
     @property
     def state(self) -> torch.Tensor:

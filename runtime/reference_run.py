@@ -10,6 +10,7 @@ from fastvar.export.models.factory import ModelOptions, build_pair
 from fastvar.family import for_model
 from fastvar.runtime.chain import generate
 from fastvar.runtime.io import load_text_embeddings, read_npz, write_json, write_outputs
+from fastvar.runtime.nonfinite import failed_records, raise_for_failed_rows
 from fastvar.sampling import SamplingSettings
 
 
@@ -41,11 +42,13 @@ def run_reference(opts: RunOptions, out: str, save_tokens: str | None = None, sa
     backend = fam.reference_backend(model, decoder, sched, plan)
     settings = SamplingSettings.for_batch(fam.sampling, text.shape[0], opts.seed, opts.cfg, opts.tau, opts.more_smooth)
     res = generate(backend, sched, plan, fam.geometry(cfg.to_dict()), text, lengths, settings, force_tokens=forced,
-                   keep_logits=save_logits is not None)
+                   keep_logits=save_logits is not None, allow_failed_rows=True)
     paths = write_outputs(res, out, save_tokens, save_logits)
-    report = {"load_s": load_s, **res.timings, "images": [str(p) for p in paths]}
+    report = {"load_s": load_s, **res.timings, "images": [str(p) for p in paths],
+              "failed": failed_records(res.failed, settings.seeds)}
     if timings:
         write_json(timings, report)
     log(f"loop {res.timings['loop_s']:.2f}s, decode {res.timings['decode_s']:.2f}s; per step: "
         + ", ".join(f"{s['index']}:{s['seconds']:.3f}s" for s in res.timings["steps"]))
+    raise_for_failed_rows(res.failed, settings.seeds, paths)
     return report

@@ -134,6 +134,17 @@ def test_run_writes_indices_and_logits_and_forcing_reproduces_them(hart_artifact
     assert r.exit_code == 2 and "has no TensorRT engines: run fastvar-build" in r.output
 
 
+def test_overflowing_cfg_is_an_error_naming_the_first_bad_scale(hart_artifact, tmp_path):
+    """HART's weight ramps from 0 at the first scale: --cfg 1e38 overflows the logits a few scales in; the run
+    names that scale, writes no PNG and exits 2 (it used to write a meaningless image and exit 0)."""
+    r = CliRunner().invoke(run_cmd, [str(hart_artifact), "--cfg", "1e38", "--seed", "2",
+                                     "--out", str(tmp_path / "a.png")])
+    assert r.exit_code == 2, r.output
+    assert ("error: image 0 (seed 2): NaN or infinity first in the logits of scale 3 (4x4 tokens); no image is "
+            "written for it") in r.output
+    assert not (tmp_path / "a.png").exists()
+
+
 def test_chain_with_the_torch_backend_is_the_reference_generation():
     """The one loop (HART family, torch backend) reproduces hart_generate step by step (Gumbel-soft feedback on);
     a 4-scale hart-tiny keeps it cheap."""
