@@ -101,6 +101,19 @@ class Artifact:
         problems = [why for rec in self.files() if (why := verify_file(self.root, rec, hash_check))]
         if problems:
             raise ArtifactError("; ".join(problems) + ". Re-run fastvar-export on this directory to rebuild it")
+        self.verify_interfaces()
+
+    def verify_interfaces(self) -> None:
+        """Every graph file declares the inputs and outputs its record lists, as the runtime feeds and reads
+        them (``fastvar.graph_io``): a file re-hashed into the manifest after an edit is refused here."""
+        from fastvar.graph_io import interface_problems
+
+        model = self.manifest.model
+        problems = [f"graph {name}: {why}" for name, g in self.manifest.graphs.items()
+                    for why in interface_problems(g, self.graph_path(name), model.depth, model.family)]
+        if problems:
+            raise ArtifactError("; ".join(problems) + f". {self.root}: the graph files do not match the manifest; "
+                                "re-run fastvar-export on this directory to rewrite them")
 
     def files(self) -> list[FileRecord]:
         return [*(g.file for g in self.manifest.graphs.values()), *self.manifest.weights]

@@ -161,6 +161,11 @@ class GraphRecord:
         return rec
 
 
+def read_graph(name: str, data: Any) -> GraphRecord:
+    """One graph's record from its JSON (``graphs.NAME`` of a manifest), checked like the whole manifest's."""
+    return GraphRecord.read(name, _At(data, f"graphs.{name}"))
+
+
 @dataclass(frozen=True)
 class WeightRecord(FileRecord):
     tensors: int

@@ -9,9 +9,12 @@ import pytest
 from click.testing import CliRunner
 from conftest import export_tiny
 
-from fastvar.cli import build_cmd, run_cmd, validate_cmd
+from fastvar.cli import build_cmd, export_cmd, run_cmd, validate_cmd
 from fastvar.family import family, for_artifact, for_model
-from fastvar.manifest import Artifact, ArtifactError
+from fastvar.manifest import Artifact, ArtifactError, file_record
+
+SMALL = ["--model", "infinity-tiny", "--random-init", "--res", "256", "--schedule", "12:0.4,16:0.5", "--text-len", "8",
+         "--backend", "onnxruntime"]  # the export of the ``small`` fixture, as a user types it
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +22,11 @@ def small(tmp_path_factory):
     root = tmp_path_factory.mktemp("manifest") / "a"
     export_tiny(root, "12:0.4,16:0.5", res="256", text_len=8)
     return root
+
+
+def _commands(art, tmp_path):
+    return ((run_cmd, [str(art), "--out", str(tmp_path / "x.png")]), (validate_cmd, [str(art), "--no-e2e"]),
+            (build_cmd, [str(art), "--check-only"]))
 
 
 def _mutate(m: dict, where: str, value) -> dict:
@@ -144,3 +152,110 @@ def test_a_file_of_the_artifact_that_is_a_link_is_refused(small, tmp_path):
     linked.symlink_to(art)
     r = CliRunner().invoke(build_cmd, [str(linked), "--check-only"])
     assert r.exit_code == 0, r.output
+
+
+def _rename(model, old: str, new: str) -> None:
+    """Rename a graph input or output everywhere the graph mentions it."""
+    g = model.graph
+    for vi in [*g.input, *g.output]:
+        if vi.name == old:
+            vi.name = new
+    for node in g.node:
+        for names in (node.input, node.output):
+            for i, n in enumerate(names):
+                if n == old:
+                    names[i] = new
+
+
+def _edit_graph(art, graph: str, edit_file, edit_record=None) -> None:
+    """Edit a graph file (and its manifest record), then re-record its size and sha256 so the hash check
+    passes: a file that is the one the manifest names, but not what the manifest says it is."""
+    import onnx
+
+    path = art / "graphs" / f"{graph}.onnx"
+    if callable(edit_file):
+        model = onnx.load(str(path), load_external_data=False)
+        edit_file(model)
+        onnx.save(model, str(path))
+    else:
+        path.write_bytes(edit_file)
+    m = json.loads((art / "manifest.json").read_text())
+    if edit_record is not None:
+        edit_record(m["graphs"][graph])
+    m["graphs"][graph]["file"] = file_record(art, path)
+    (art / "manifest.json").write_text(json.dumps(m))
+
+
+def test_a_graph_edited_and_rehashed_is_refused_and_a_re_export_repairs_it(small, tmp_path):
+    """A renamed input passed validation and failed at run time, and a re-export called it up to date: now
+    every command refuses it naming the graph and the tensor, and the same fastvar-export rewrites it."""
+    art = tmp_path / "a"
+    shutil.copytree(small, art)
+    _edit_graph(art, "step_03", lambda m: _rename(m, "inv_tau", "inv_tau_renamed"))
+    for cmd, args in _commands(art, tmp_path):
+        r = CliRunner().invoke(cmd, args)
+        assert r.exit_code == 2, (cmd.name, r.output, r.exception)
+        assert "graph step_03: the graph file has input 'inv_tau_renamed', which the manifest does not record" \
+            in r.output and "the manifest records input 'inv_tau', which the graph file does not have" in r.output
+    assert not (tmp_path / "x.png").exists()
+    r = CliRunner().invoke(export_cmd, [*SMALL, "--out", str(art)])
+    assert r.exit_code == 0 and "step_03" in r.output and "exported 1 of 12 files" in r.output, r.output
+    assert (art / "graphs" / "step_03.onnx").read_bytes() == (small / "graphs" / "step_03.onnx").read_bytes()
+    r = CliRunner().invoke(validate_cmd, [str(art), "--no-e2e"])
+    assert r.exit_code == 0 and "passed: 11 graphs" in r.output, r.output
+    r = CliRunner().invoke(export_cmd, [*SMALL, "--out", str(art)])
+    assert r.exit_code == 0 and "up to date" in r.output, r.output
+
+
+def _set_elem_type(name: str, elem: int):
+    def edit(model):
+        for vi in [*model.graph.input, *model.graph.output]:
+            if vi.name == name:
+                vi.type.tensor_type.elem_type = elem
+    return edit
+
+
+def _set_dim(name: str, axis: int, value: int):
+    def edit(model):
+        for vi in model.graph.input:
+            if vi.name == name:
+                vi.type.tensor_type.shape.dim[axis].dim_value = value
+    return edit
+
+
+def _rename_record(old: str, new: str):
+    def edit(rec):
+        for t in [*rec["inputs"], *rec["outputs"]]:
+            if t["name"] == old:
+                t["name"] = new
+    return edit
+
+
+def _drop_weight(rec):
+    rec["weights"] = rec["weights"][1:]
+
+
+@pytest.mark.parametrize("graph,edit_file,edit_record,named", [
+    ("step_01", _set_elem_type("bits", 6), None,
+     "graph step_01: output 'bits' is int32 [1, 4, 32] in the graph file, the manifest records uint8 [1, 4, 32]"),
+    ("step_02", _set_dim("codes", 1, 17), None,
+     "graph step_02: input 'codes' is float32 [1, 17, 32] in the graph file, the manifest records float32 [1, 16, 32]"),
+    ("step_02", lambda m: _rename(m, "noise", "noise2"), _rename_record("noise", "noise2"),
+     "graph step_02: input 'noise2' is no input the runtime feeds a step graph; graph step_02: the runtime feeds "
+     "input 'noise', which the graph lacks"),
+    ("step_04", lambda m: _rename(m, "new_k_3", "new_k_7"), _rename_record("new_k_3", "new_k_7"),
+     "graph step_04: output 'new_k_7' is no output the runtime reads a step graph"),
+    ("condition", lambda m: None, _drop_weight, "which the manifest does not record"),
+    ("decoder", b"\xff" * 64, None, "graphs/decoder.onnx is not a readable ONNX model"),
+])
+def test_a_graph_that_does_not_declare_what_its_record_says_is_refused(small, tmp_path, graph, edit_file,
+                                                                       edit_record, named):
+    art = tmp_path / "a"
+    shutil.copytree(small, art)
+    _edit_graph(art, graph, edit_file, edit_record)
+    for cmd, args in _commands(art, tmp_path):
+        r = CliRunner().invoke(cmd, args)
+        assert r.exit_code == 2 and named in r.output, (cmd.name, r.output, r.exception)
+        assert "re-run fastvar-export on this directory to rewrite them" in r.output
+    assert not (tmp_path / "x.png").exists()
+
