@@ -17,6 +17,7 @@ from fastvar.plan import PrunePlan
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 
 
 class ArtifactError(ValueError):
@@ -84,7 +85,10 @@ class Artifact:
             data = json.loads(path.read_text())
         except ValueError as err:
             raise ArtifactError(f"{path} is not valid JSON ({err}); re-run fastvar-export") from None
-        version = data.get("format_version") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{path} is not a manifest: it holds a JSON {_JSON_KINDS.get(type(data), 'value')}, "
+                                "not an object. Re-run fastvar-export to rewrite it")
+        version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise ArtifactError(f"{path} has format_version {version!r}; this fastvar-trt reads {FORMAT_VERSION}. "
                                 "Re-export with this version (fastvar-export --force)")

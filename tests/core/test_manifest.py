@@ -24,6 +24,18 @@ def small(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def hart_manifest(tmp_path_factory) -> dict:
+    """A hart-tiny artifact's manifest: every command reads and checks it before it touches another file."""
+    from fastvar.export.artifact import ExportOptions, export
+
+    root = tmp_path_factory.mktemp("hart") / "a"
+    export(ExportOptions(model="hart-tiny", random_init=True, res="1024", schedule="none", out=str(root)),
+           log=lambda _: None)
+    Artifact.load(root).verify()
+    return json.loads((root / "manifest.json").read_text())
+
+
 def _commands(art, tmp_path):
     return ((run_cmd, [str(art), "--out", str(tmp_path / "x.png")]), (validate_cmd, [str(art), "--no-e2e"]),
             (build_cmd, [str(art), "--check-only"]))
@@ -79,6 +91,17 @@ _ENGINE = {"path": "engines/decoder.plan", "sha256": "0" * 64, "graph_key": "k"}
     ("engines", {"decoder": {**_ENGINE, "compute_capability": 9.0}}, "engines.decoder.compute_capability must be a"),
     ("engines", {"decoder": {**_ENGINE, "builder": {"flags": "TF32"}}}, "engines.decoder.builder.flags must be a list"),
     ("engines", {"decoder": {**_ENGINE, "bytes": -3}}, "engines.decoder.bytes is -3"),
+    # the model config, which the family modules index when a run starts
+    ("model.config", [], "model.config must be an object, not list"),
+    ("model.family", "var", "model.family is 'var'; accepted: infinity, hart"),
+    ("model.config.text_channels", KeyError, "model.config.text_channels is missing"),
+    ("model.config.text_channels", "2048", "model.config.text_channels must be an integer, not str"),
+    ("model.config.bits", -32, "model.config.bits is -32"),
+    ("model.config.bits", 16, "model.config: bits 16 and vocab 64 do not follow from vae.codebook_dim 32"),
+    ("model.config.vae", [], "model.config.vae must be an object, not list"),
+    ("model.config.vae.codebook_dim", KeyError, "model.config.vae.codebook_dim is missing"),
+    ("model.config.vae.codebook_dim", -1, "model.config.vae.codebook_dim is -1"),
+    ("model.config.spatial_patchify", "no", "model.config.spatial_patchify must be true or false, not str"),
 ])
 def test_a_bad_field_is_named_and_every_command_exits_2(small, tmp_path, where, value, named):
     art = tmp_path / "a"
@@ -97,10 +120,13 @@ def test_a_bad_field_is_named_and_every_command_exits_2(small, tmp_path, where, 
 def test_manifests_that_are_not_objects_are_refused(small, tmp_path):
     art = tmp_path / "a"
     shutil.copytree(small, art)
-    for text in ("[]", "3", '"x"', "null"):
+    for text, kind in (("[]", "array"), ("3", "number"), ('"x"', "string"), ("null", "null")):
         (art / "manifest.json").write_text(text)
-        with pytest.raises(ArtifactError, match="format_version"):
+        with pytest.raises(ArtifactError, match=f"is not a manifest: it holds a JSON {kind}, not an object"):
             Artifact.load(art)
+        for cmd, args in _commands(art, tmp_path):
+            r = CliRunner().invoke(cmd, args)
+            assert r.exit_code == 2 and f"holds a JSON {kind}" in r.output, (cmd.name, r.output, r.exception)
 
 
 def test_typed_records_match_the_written_manifest(small):
@@ -259,3 +285,30 @@ def test_a_graph_that_does_not_declare_what_its_record_says_is_refused(small, tm
         assert "re-run fastvar-export on this directory to rewrite them" in r.output
     assert not (tmp_path / "x.png").exists()
 
+
+@pytest.mark.parametrize("where,value,named", [
+    ("model.config.patch_nums", 5, "model.config.patch_nums must be a list, not int"),
+    ("model.config.patch_nums", [1, 2, "3"], "model.config.patch_nums[2] must be an integer, not str"),
+    ("model.config.patch_nums", [2, 1], "model.config.patch_nums is [2, 1]; it must be the scales' sides, increasing"),
+    ("model.config.patch_nums", [1, 2, 3], "patch_nums is [1, 2, 3], but the scales' sides are [1, 2, 3, 4"),
+    ("model.config.context_dim", 0, "model.config.context_dim is 0"),
+    ("model.config.vocab", 1e10, "model.config.vocab must be an integer, not float"),
+    ("model.config.diff_steps", None, "model.config.diff_steps must be an integer, not NoneType"),
+    ("model.config.cvae", KeyError, "model.config.cvae is missing"),
+])
+def test_a_bad_hart_config_field_is_named_and_every_command_exits_2(hart_manifest, tmp_path, where, value, named):
+    """HART's family module indexes these when a run starts (KeyError, TypeError, a schedule of the wrong size)."""
+    art = tmp_path / "a"
+    art.mkdir()
+    (art / "manifest.json").write_text(json.dumps(_mutate(hart_manifest, where, value)))
+    for cmd, args in _commands(art, tmp_path):
+        r = CliRunner().invoke(cmd, args)
+        assert r.exit_code == 2 and named in r.output, (cmd.name, r.output, r.exception)
+
+
+def test_a_config_a_family_cannot_build_is_a_clear_error():
+    """``config_from_dict`` (the benchmark's FLOP count reads it) on a config with a field missing or unknown."""
+    for fam, cfg in (("infinity", {"vae": {}}), ("infinity", {"vae": {"level_channels": [], "upsample_levels": []},
+                                                             "unknown": 1}), ("hart", {"unknown": 1})):
+        with pytest.raises(ValueError, match="model.config is not an? (Infinity|HART) config"):
+            family(fam).config_from_dict(cfg)
