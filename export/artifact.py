@@ -267,7 +267,7 @@ def _write_artifact(opts: ExportOptions, root: Path, source, sched: ScaleSchedul
         g = real[d.name]
         unfinished()
         data, final = _export_one(g, d, weights, table)
-        atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data, f"graph {d.name}")
         manifest["graphs"][d.name] = {**final.signature(), "key": key, "file": file_record(root, path)}
         rebuilt.append(d.name)
         log(f"[{i}/{n}] {d.name}: {_what(d, plan)} exported in {time.perf_counter() - t0:.1f}s")
@@ -380,7 +380,7 @@ def _sweep_temp_files(root: Path) -> None:
 
 
 def _write_manifest(root: Path, manifest: dict) -> None:
-    atomic_write_json(root / MANIFEST, {k: v for k, v in manifest.items() if not k.startswith("_")})
+    atomic_write_json(root / MANIFEST, {k: v for k, v in manifest.items() if not k.startswith("_")}, "the manifest")
 
 
 def _require_tensorrt() -> None:

@@ -60,7 +60,7 @@ def run_artifact(root: str, out: str, backend: str = "auto", text_embeddings: st
     report = {"backend": be.name, "load_s": load_s, **res.timings, "images": [str(p) for p in paths],
               "memory": memory_report(be, m)}
     if timings:
-        write_json(timings, report)
+        write_json(timings, report, "the --timings report")
     mem = report["memory"]
     log(f"memory: peak RSS {mem['peak_rss_bytes'] / 2**30:.2f} GiB = weights {mem['weights_bytes'] / 2**30:.2f} + "
         f"KV cache {mem['kv_cache_bytes'] / 2**30:.2f} + activations and runtime; planned peak step activations "

@@ -25,15 +25,15 @@ def write_images(images: np.ndarray, out: str | os.PathLike) -> list[Path]:
     """One PNG per image: ``out`` itself for a batch of one, ``stem_{i}.png`` beside it otherwise."""
     out = Path(out)
     if len(images) == 1:
-        return [atomic_write_bytes(out, png_bytes(images[0]))]
-    return [atomic_write_bytes(out.with_name(f"{out.stem}_{i}{out.suffix or '.png'}"), png_bytes(img))
+        return [atomic_write_bytes(out, png_bytes(images[0]), "image")]
+    return [atomic_write_bytes(out.with_name(f"{out.stem}_{i}{out.suffix or '.png'}"), png_bytes(img), f"image {i}")
             for i, img in enumerate(images)]
 
 
-def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], what: str = "") -> Path:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    return atomic_write_bytes(path, buf.getvalue())
+    return atomic_write_bytes(path, buf.getvalue(), what)
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -81,8 +81,8 @@ def _check_npy_header(f, size: int) -> None:
                          "bytes of data")
 
 
-def write_json(path: str | os.PathLike, obj) -> Path:
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+def write_json(path: str | os.PathLike, obj, what: str = "") -> Path:
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode(), what)
 
 
 def load_text_embeddings(path: str | os.PathLike | None, batch: int, channels: int,
@@ -122,7 +122,7 @@ def write_outputs(res, out: str, save_tokens: str | None, save_logits: str | Non
     """The image(s), and the token and logit archives when asked: every run writes them the same way."""
     paths = write_images(res.images, out)
     if save_tokens:
-        write_npz(save_tokens, res.tokens)
+        write_npz(save_tokens, res.tokens, "the --save-tokens archive")
     if save_logits:
-        write_npz(save_logits, res.logits)
+        write_npz(save_logits, res.logits, "the --save-logits archive")
     return paths

@@ -45,7 +45,7 @@ def run_reference(opts: RunOptions, out: str, save_tokens: str | None = None, sa
     paths = write_outputs(res, out, save_tokens, save_logits)
     report = {"load_s": load_s, **res.timings, "images": [str(p) for p in paths]}
     if timings:
-        write_json(timings, report)
+        write_json(timings, report, "the --timings report")
     log(f"loop {res.timings['loop_s']:.2f}s, decode {res.timings['decode_s']:.2f}s; per step: "
         + ", ".join(f"{s['index']}:{s['seconds']:.3f}s" for s in res.timings["steps"]))
     return report

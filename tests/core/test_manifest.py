@@ -8,6 +8,7 @@ import shutil
 import pytest
 from click.testing import CliRunner
 from conftest import export_tiny
+from support.full_disk import full_disk
 
 from fastvar.cli import build_cmd, export_cmd, run_cmd, validate_cmd
 from fastvar.family import family, for_artifact, for_model
@@ -284,6 +285,32 @@ def test_a_graph_that_does_not_declare_what_its_record_says_is_refused(small, tm
         assert r.exit_code == 2 and named in r.output, (cmd.name, r.output, r.exception)
         assert "re-run fastvar-export on this directory to rewrite them" in r.output
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_full_disk_names_the_weight_store_or_golden_being_written(small, tmp_path, monkeypatch):
+    """ENOSPC while a re-export rewrites the weight store, or while validation records the goldens: exit 2 naming
+    the stage and the user's path (never our temp file); the same export run again finishes the artifact."""
+    import fastvar.atomic
+    import fastvar.export.weight_store
+
+    art = tmp_path / "a"
+    shutil.copytree(small, art)
+    store = art / "weights" / "transformer.safetensors"
+    store.unlink()
+    with monkeypatch.context() as mp:
+        full_disk(mp, fastvar.export.weight_store, store.name, budget=4096)
+        r = CliRunner().invoke(export_cmd, [*SMALL, "--out", str(art)])
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert f"writing the weight store to {store} failed: No space left on device" in r.output
+    assert ".fastvar.tmp" not in r.output and not list(store.parent.iterdir())
+    r = CliRunner().invoke(export_cmd, [*SMALL, "--out", str(art)])
+    assert r.exit_code == 0 and "exported 1 of 12 files" in r.output, r.output
+    full_disk(monkeypatch, fastvar.atomic, "step_03.inputs.npz")
+    r = CliRunner().invoke(validate_cmd, [str(art), "--no-e2e"])
+    golden = art / "goldens" / "step_03.inputs.npz"
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert f"writing the golden inputs of step_03 to {golden} failed: No space left on device" in r.output
+    assert ".fastvar.tmp" not in r.output and not list(golden.parent.glob(".*"))
 
 
 @pytest.mark.parametrize("where,value,named", [
