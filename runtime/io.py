@@ -36,7 +36,23 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], what: str 
     return atomic_write_bytes(path, buf.getvalue(), what)
 
 
-def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+_NPY_MAGIC, _ZIP_MAGIC = b"\x93NUMPY", (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _magic(path: str | os.PathLike) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(6)
+    except OSError:
+        return b""
+
+
+def read_npz(path: str | os.PathLike, what: str = "") -> dict[str, np.ndarray]:
+    """Every array of an .npz archive (``what``: the flag that named it), each member's header bounded first."""
+    label = f"{what} {path}" if what else str(path)
+    if _magic(path) == _NPY_MAGIC:
+        raise ValueError(f"{label} is not a readable .npz archive: it is one .npy array (np.save); give an archive "
+                         "of named arrays (np.savez), as --save-tokens writes")
     try:
         with zipfile.ZipFile(path) as z:
             for info in z.infolist():  # each member's .npy header, bounded before numpy allocates anything
@@ -48,12 +64,15 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path} is not a readable .npz archive ({err})") from None
+        raise ValueError(f"{label} is not a readable .npz archive ({err})") from None
 
 
 def read_npy(path: str | os.PathLike, what: str) -> np.ndarray:
     """One array from a .npy file, its header's shape checked against the file's size before loading (a small
     file cannot claim a huge array); an .npz archive or a pickle is refused."""
+    if _magic(path).startswith(_ZIP_MAGIC):
+        raise ValueError(f"{what} {path}: not a readable .npy array: it is an .npz archive (np.savez); give one "
+                         "array saved with np.save")
     try:
         with open(path, "rb") as f:
             _check_npy_header(f, os.fstat(f.fileno()).st_size)

@@ -35,7 +35,7 @@ def run_reference(opts: RunOptions, out: str, save_tokens: str | None = None, sa
     sched = fam.schedule(cfg.to_dict(), opts.res, opts.aspect)
     plan = fam.prune_plan(cfg, sched, opts.schedule)
     text, lengths = load_text_embeddings(opts.text_embeddings, opts.batch, fam.text_width(cfg.to_dict()))
-    forced = read_npz(force_tokens) if force_tokens else None
+    forced = read_npz(force_tokens, "--force-tokens") if force_tokens else None
     load_s = time.perf_counter() - t0
     log(fam.describe(cfg, sched, plan))
     backend = fam.reference_backend(model, decoder, sched, plan)

@@ -152,10 +152,13 @@ def _header_only(f, shape):
 
 
 @pytest.mark.parametrize("flag,make,msg", [
-    ("--text-embeddings", lambda p: np.savez(p, t=np.zeros((4, 2048), np.float32)), "not an .npy array"),
+    ("--text-embeddings", lambda p: np.savez(p, t=np.zeros((4, 2048), np.float32)),
+     "not a readable .npy array: it is an .npz archive (np.savez); give one array saved with np.save"),
     ("--text-embeddings", lambda p: _header_only(p, (10**12, 2048)), "its header claims shape (1000000000000, 2048)"),
     ("--text-embeddings", lambda p: np.save(p, np.full((4, 2048), np.nan, np.float32)), "non-finite value"),
-    ("--force-tokens", lambda p: np.save(p, np.zeros((1, 1, 1, 32), np.uint8)), "is not a readable .npz archive"),
+    ("--force-tokens", lambda p: np.save(p, np.zeros((1, 1, 1, 32), np.uint8)),
+     "is not a readable .npz archive: it is one .npy array (np.save)"),
+    ("--force-tokens", lambda p: p.write(b"PK\x03\x04 not really a zip"), "--force-tokens"),
 ])
 def test_hostile_arrays_are_refused_before_anything_is_allocated(tmp_path, flag, make, msg):
     path = tmp_path / "x.bin"
