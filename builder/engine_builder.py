@@ -162,7 +162,7 @@ class EngineBuilder:
 
     def save_cache(self) -> None:
         if self.cache is not None:
-            atomic_write_bytes(self.cache_path, bytes(memoryview(self.cache.serialize())))
+            atomic_write_bytes(self.cache_path, bytes(memoryview(self.cache.serialize())), "the timing cache")
 
 
 def _stale_reason(art: Artifact, name: str, rec: EngineFile | None, trt_version: str, cc: str, fingerprint: dict,
@@ -239,7 +239,7 @@ def _build_engines(root: str | Path, opts: BuildOptions, log: Callable[[str], No
         t0 = time.perf_counter()
         plan = builder.build(name, art.graph_path(name))
         rel = engine_file(name, trt_version, cc)
-        atomic_write_bytes(art.root / rel, plan)
+        atomic_write_bytes(art.root / rel, plan, f"engine {name}")
         rec = EngineRecord(path=rel, sha256=sha256_file(art.root / rel), tensorrt_version=trt_version,
                            compute_capability=cc, precision=art.manifest.precision, plugin=fingerprint,
                            triton_version=triton_version if fingerprint else None,
@@ -258,7 +258,7 @@ def _build_engines(root: str | Path, opts: BuildOptions, log: Callable[[str], No
 
 def _save_engines(art: Artifact, engines: dict) -> None:
     art.data["engines"] = engines
-    atomic_write_json(art.root / MANIFEST, art.data)
+    atomic_write_json(art.root / MANIFEST, art.data, "the manifest")
 
 
 def _triton_version() -> str | None:

@@ -28,8 +28,10 @@ from fastvar.export.memory_plan import MemoryPlan
 from fastvar.export.models.factory import ModelOptions, build_pair
 from fastvar.export.schedules import PrunePlan, ScaleSchedule
 from fastvar.family import for_model
+from fastvar.graph_io import interface_problems
 from fastvar.lock import LOCK, artifact_lock
 from fastvar.manifest import FORMAT_VERSION, MANIFEST, file_record, verify_file
+from fastvar.manifest_schema import ManifestError, read_graph
 
 BACKENDS = ("tensorrt", "onnxruntime", "onnx")
 RESTORE_OPS = ("auto", "custom", "custom-add", "standard")
@@ -253,7 +255,7 @@ def _write_artifact(opts: ExportOptions, root: Path, source, sched: ScaleSchedul
         key = graph_key(common, d, sched, plan, source.identity)
         path = root / "graphs" / f"{d.name}.onnx"
         prev = old.get("graphs", {}).get(d.name)
-        if prev and prev.get("key") == key and verify_file(root, prev["file"]) is None:
+        if _still_good(root, prev, d, key, fam.name, source.cfg.depth):
             manifest["graphs"][d.name] = prev
             continue
         t0 = time.perf_counter()
@@ -265,7 +267,7 @@ def _write_artifact(opts: ExportOptions, root: Path, source, sched: ScaleSchedul
         g = real[d.name]
         unfinished()
         data, final = _export_one(g, d, weights, table)
-        atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data, f"graph {d.name}")
         manifest["graphs"][d.name] = {**final.signature(), "key": key, "file": file_record(root, path)}
         rebuilt.append(d.name)
         log(f"[{i}/{n}] {d.name}: {_what(d, plan)} exported in {time.perf_counter() - t0:.1f}s")
@@ -293,8 +295,8 @@ def _write_artifact(opts: ExportOptions, root: Path, source, sched: ScaleSchedul
         rebuilt.append("weights")
         log(f"weights: {len(keys)} tensors, {store.stat().st_size / 2**20:.1f} MiB written in "
             f"{time.perf_counter() - t0:.1f}s")
-    manifest["engines"] = {name: rec for name, rec in old.get("engines", {}).items()
-                           if manifest["graphs"].get(name, {}).get("key") == rec.get("graph_key")}
+    manifest["engines"] = {name: rec for name, rec in old.get("engines", {}).items() if name not in rebuilt
+                           and manifest["graphs"].get(name, {}).get("key") == rec.get("graph_key")}
     manifest["complete"] = True
     _write_manifest(root, manifest)
     if rebuilt:
@@ -304,6 +306,23 @@ def _write_artifact(opts: ExportOptions, root: Path, source, sched: ScaleSchedul
     manifest["_rebuilt"] = rebuilt
     manifest["_root"] = str(root)
     return manifest
+
+
+def _still_good(root: Path, prev, d: GraphDef, key: str, family: str, depth: int) -> bool:
+    """Whether an earlier export's graph is what this one would write: same key, the interface ``d`` describes
+    recorded, the file where it belongs and as recorded, and declaring what its record says (a graph edited
+    and re-hashed into the manifest is rewritten, not called up to date)."""
+    if not isinstance(prev, dict) or prev.get("key") != key:
+        return False
+    if (prev.get("inputs"), prev.get("outputs")) != ([s.to_dict() for s in d.inputs], [s.to_dict() for s in d.outputs]):
+        return False
+    try:
+        rec = read_graph(d.name, prev)
+    except ManifestError:
+        return False
+    if rec.kind != d.kind or rec.file.path != f"graphs/{d.name}.onnx" or verify_file(root, rec.file) is not None:
+        return False
+    return not interface_problems(rec, root / rec.file.path, depth, family)
 
 
 def graph_key(common: dict, d: GraphDef, sched: ScaleSchedule, plan: PrunePlan, source: dict) -> str:
@@ -361,7 +380,7 @@ def _sweep_temp_files(root: Path) -> None:
 
 
 def _write_manifest(root: Path, manifest: dict) -> None:
-    atomic_write_json(root / MANIFEST, {k: v for k, v in manifest.items() if not k.startswith("_")})
+    atomic_write_json(root / MANIFEST, {k: v for k, v in manifest.items() if not k.startswith("_")}, "the manifest")
 
 
 def _require_tensorrt() -> None:

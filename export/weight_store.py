@@ -59,7 +59,7 @@ def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor | Cal
     header["__metadata__"] = {"format": "pt", "writer": "fastvar-trt"}
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path, "the weight store") as tmp, open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for k in keys:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import stat
@@ -13,34 +14,58 @@ from pathlib import Path
 TEMP_SUFFIX = ".fastvar.tmp"  # ours alone: a sweep after an interrupted write removes only these
 
 
+class WriteError(OSError):
+    """A write that failed (a full disk, a read-only folder), naming what was being written and the user's
+    path, never the hidden temp file the bytes went to first; ``errno`` is the original one."""
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+def atomic_path(path: str | os.PathLike, what: str = "") -> Iterator[str]:
     """Yield a temp path beside ``path``; on success fsync it, give it normal permissions, rename it.
 
     Only a regular file (or nothing) is ever replaced: an existing character device or FIFO (``/dev/null``,
     a pipe another process reads) is written through, not atomically since there is nothing to replace; a
-    directory, socket or block device is refused."""
+    directory, socket or block device is refused. An ``OSError`` while the caller writes the temp file or
+    while it is made final becomes a ``WriteError`` naming ``what`` (e.g. "graph step_03") and ``path``."""
     path = Path(path)
     kind = _special_kind(path)
-    if kind is not None:
-        with _written_through(path, kind) as tmp:
-            yield tmp
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-    os.close(fd)
+    tmp = None
     try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if kind is not None:
+            with _written_through(path, kind, what) as tmp:
+                yield tmp
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+        os.close(fd)
+        try:
+            yield tmp
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except WriteError:
+        raise
+    except OSError as err:
+        raise _write_error(path, what, err, tmp) from None
+
+
+def _write_error(path: Path, what: str, err: OSError, tmp: str | None) -> WriteError:
+    """``err`` told in terms of the user's path: its reason without any file name of ours."""
+    reason = err.strerror or str(err)
+    if tmp:
+        reason = reason.replace(tmp, str(path))
+    out = WriteError(f"writing {what + ' to ' if what else ''}{path} failed: {reason}"
+                     + (" (the disk is full: free space, then run the same command again)"
+                        if err.errno == errno.ENOSPC else ""))
+    out.errno = err.errno
+    return out
 
 
 def _special_kind(path: Path) -> str | None:
@@ -61,7 +86,7 @@ def _special_kind(path: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def _written_through(path: Path, kind: str) -> Iterator[str]:
+def _written_through(path: Path, kind: str, what: str) -> Iterator[str]:
     """Collect the output in a private temp file, then copy it into the device or FIFO as it stands."""
     fd, tmp = tempfile.mkstemp(prefix=".fastvar-out.", suffix=TEMP_SUFFIX)
     os.close(fd)
@@ -70,8 +95,11 @@ def _written_through(path: Path, kind: str) -> Iterator[str]:
         try:
             with open(tmp, "rb") as src, open(path, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-        except OSError as err:  # only the copy into the device or FIFO: the caller's own errors pass unchanged
-            raise OSError(f"{path} ({kind}): could not write through it: {err.strerror or err}") from None
+        except OSError as err:  # the copy into the device or FIFO (the caller's own errors are told by atomic_path)
+            out = WriteError(f"writing {what + ' to ' if what else ''}{path} ({kind}) failed: could not write "
+                             f"through it: {err.strerror or err}")
+            out.errno = err.errno
+            raise out from None
     finally:
         os.unlink(tmp)
 
@@ -90,13 +118,14 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, what: str = "") -> Path:
+    """Write ``data`` to ``path`` atomically; ``what`` names it in an error (e.g. "image", "graph step_03")."""
+    with atomic_path(path, what) as tmp, open(tmp, "wb") as f:
         f.write(data)
     return Path(path)
 
 
-def atomic_write_json(path: str | os.PathLike, obj) -> Path:
+def atomic_write_json(path: str | os.PathLike, obj, what: str = "") -> Path:
     import json
 
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode(), what)

@@ -141,3 +141,80 @@ def is_validate_graph(name: str) -> bool:
 def next_input_graph(index: int) -> str:
     """HART's tokenizer step after scale ``index``: f_hat update and the next scale's input."""
     return f"next_input_{index:02d}"
+
+
+# ---- what the runtime feeds and reads, by graph kind -----------------------------------------------------------
+# A graph file's interface is judged against these (``fastvar.graph_io``): a name outside them is one no backend
+# feeds or reads, so the graph would fail at run time however well it matches its manifest.
+_FIXED: dict[tuple[str, bool], frozenset[str]] = {  # (kind, output) -> the names without a block
+    ("condition", False): frozenset({TEXT, TEXT_LENGTHS}),
+    ("condition", True): frozenset({SOS, GSS, HEAD_SCALE, HEAD_SHIFT, TEXT_MASK, CONTEXT_POS}),
+    ("step", False): frozenset({SOS, CODES, X_IN, GSS, HEAD_SCALE, HEAD_SHIFT, TEXT_MASK, CONTEXT_POS, CFG_SCALE,
+                                INV_TAU, NOISE}),
+    ("step", True): frozenset({LOGITS, BITS, HIDDEN}),
+    ("decoder", False): frozenset({CODES, F_HAT}),
+    ("decoder", True): frozenset({IMAGE}),
+    ("diffusion", False): frozenset({HIDDEN, DISCRETE, NOISE, CFG_SCALE}),
+    ("diffusion", True): frozenset({RESIDUAL}),
+    ("next_input", False): frozenset({F_HAT, TOKENS}),
+    ("next_input", True): frozenset({F_HAT_NEXT, X_NEXT}),
+}
+_PER_BLOCK: dict[tuple[str, bool], tuple[str, ...]] = {  # (kind, output) -> the prefixes of per-block names
+    ("condition", True): (_CA_K, _CA_V),
+    ("step", False): (_CA_K, _CA_V, _PAST_K, _PAST_V, _CACHE),
+    ("step", True): (_NEW_K, _NEW_V, _CACHE, _KEPT),
+}
+_REQUIRED: dict[tuple[str, bool], tuple[str, ...]] = {  # names the runtime feeds or reads unconditionally
+    ("condition", False): (TEXT, TEXT_LENGTHS),
+    ("condition", True): (HEAD_SCALE,),
+    ("step", True): (LOGITS,),
+    ("decoder", True): (IMAGE,),
+    ("diffusion", False): (HIDDEN, DISCRETE, NOISE),
+    ("diffusion", True): (RESIDUAL,),
+    ("next_input", False): (F_HAT, TOKENS),
+    ("next_input", True): (F_HAT_NEXT, X_NEXT),
+}
+# Infinity's steps are fed by role (``runtime.backends.feeds.role_feeds``): these always, whatever the graph lists
+_INFINITY_REQUIRED: dict[tuple[str, bool], tuple[str, ...]] = {
+    ("condition", True): (SOS, GSS, HEAD_SCALE, HEAD_SHIFT, TEXT_MASK),
+    ("step", False): (GSS, HEAD_SCALE, HEAD_SHIFT, TEXT_MASK, INV_TAU, NOISE),
+}
+_SUBLAYERS = frozenset(INFINITY_SUBLAYERS + HART_SUBLAYERS)
+
+
+def _as_step(kind: str, output: bool) -> tuple[str, bool]:
+    """A validation variant takes a step's inputs plus the kept indices, and gives a step's outputs."""
+    return ("step" if kind == "validate" else kind), output
+
+
+def _block_name(name: str, prefixes: tuple[str, ...], depth: int) -> bool:
+    """``name`` is a per-block name of one of ``prefixes`` for a block below ``depth`` (written as
+    ``past_k`` or ``cache`` above write it: no sign, no leading zero, a known sub-layer)."""
+    for prefix in prefixes:
+        if not name.startswith(prefix):
+            continue
+        rest = name[len(prefix):]
+        if prefix in (_CACHE, _KEPT):
+            sub, _, rest = rest.rpartition("_")
+            if sub not in _SUBLAYERS:
+                continue
+        if rest.isdecimal() and rest.isascii() and str(int(rest)) == rest and int(rest) < depth:
+            return True
+    return False
+
+
+def unknown_names(kind: str, names: list[str], output: bool, depth: int) -> list[str]:
+    """The inputs (or outputs) of a ``kind`` graph that no backend feeds (or reads), for a model of ``depth``
+    blocks."""
+    key = _as_step(kind, output)
+    fixed = _FIXED.get(key, frozenset())
+    prefixes = _PER_BLOCK.get(key, ()) + ((_KEPT,) if kind == "validate" and not output else ())
+    return [n for n in names if n not in fixed and not _block_name(n, prefixes, depth)]
+
+
+def missing_names(kind: str, names: list[str], output: bool, family: str) -> list[str]:
+    """The inputs (or outputs) the runtime always feeds (or reads) for a ``kind`` graph of ``family`` that
+    ``names`` lacks."""
+    key = _as_step(kind, output)
+    required = _REQUIRED.get(key, ()) + (_INFINITY_REQUIRED.get(key, ()) if family == "infinity" else ())
+    return [n for n in required if n not in names]

@@ -17,6 +17,7 @@ from fastvar.plan import PrunePlan
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 
 
 class ArtifactError(ValueError):
@@ -84,7 +85,10 @@ class Artifact:
             data = json.loads(path.read_text())
         except ValueError as err:
             raise ArtifactError(f"{path} is not valid JSON ({err}); re-run fastvar-export") from None
-        version = data.get("format_version") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{path} is not a manifest: it holds a JSON {_JSON_KINDS.get(type(data), 'value')}, "
+                                "not an object. Re-run fastvar-export to rewrite it")
+        version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise ArtifactError(f"{path} has format_version {version!r}; this fastvar-trt reads {FORMAT_VERSION}. "
                                 "Re-export with this version (fastvar-export --force)")
@@ -101,6 +105,19 @@ class Artifact:
         problems = [why for rec in self.files() if (why := verify_file(self.root, rec, hash_check))]
         if problems:
             raise ArtifactError("; ".join(problems) + ". Re-run fastvar-export on this directory to rebuild it")
+        self.verify_interfaces()
+
+    def verify_interfaces(self) -> None:
+        """Every graph file declares the inputs and outputs its record lists, as the runtime feeds and reads
+        them (``fastvar.graph_io``): a file re-hashed into the manifest after an edit is refused here."""
+        from fastvar.graph_io import interface_problems
+
+        model = self.manifest.model
+        problems = [f"graph {name}: {why}" for name, g in self.manifest.graphs.items()
+                    for why in interface_problems(g, self.graph_path(name), model.depth, model.family)]
+        if problems:
+            raise ArtifactError("; ".join(problems) + f". {self.root}: the graph files do not match the manifest; "
+                                "re-run fastvar-export on this directory to rewrite them")
 
     def files(self) -> list[FileRecord]:
         return [*(g.file for g in self.manifest.graphs.values()), *self.manifest.weights]

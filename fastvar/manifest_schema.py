@@ -161,6 +161,11 @@ class GraphRecord:
         return rec
 
 
+def read_graph(name: str, data: Any) -> GraphRecord:
+    """One graph's record from its JSON (``graphs.NAME`` of a manifest), checked like the whole manifest's."""
+    return GraphRecord.read(name, _At(data, f"graphs.{name}"))
+
+
 @dataclass(frozen=True)
 class WeightRecord(FileRecord):
     tensors: int
@@ -274,6 +279,34 @@ class SourceRecord:
         return cls(kind, None, None, None, {k: SourceFile.read(v) for k, v in at.items() if k != "kind"})
 
 
+def _infinity_config(cfg: _At) -> None:
+    """What a run reads of an Infinity config (``fastvar.family.infinity``: text width, geometry), with the
+    derived values equal to what the fields give."""
+    cfg.key("text_channels").int(1, MAX_DIM)
+    patchify = cfg.key("spatial_patchify").bool()
+    codebook_dim = cfg.key("vae").key("codebook_dim").int(1, 1024)
+    bits, vocab = cfg.key("bits").int(1, 4096), cfg.key("vocab").int(1, 8192)
+    if bits != codebook_dim * (4 if patchify else 1) or vocab != 2 * bits:
+        raise ManifestError(f"{cfg.where}: bits {bits} and vocab {vocab} do not follow from vae.codebook_dim "
+                            f"{codebook_dim} and spatial_patchify {str(patchify).lower()} (bits = codebook_dim, "
+                            "x4 when patchified; vocab = 2 x bits)")
+
+
+def _hart_config(cfg: _At) -> None:
+    """What a run reads of a HART config (``fastvar.family.hart``: text width, schedule, geometry)."""
+    cfg.key("context_dim").int(1, MAX_DIM)
+    cfg.key("context_tokens").int(1, MAX_COUNT)
+    sides = [p.int(1, 4096) for p in cfg.key("patch_nums").list(64)]
+    if not sides or sides != sorted(set(sides)):
+        raise ManifestError(f"{cfg.where}.patch_nums is {sides}; it must be the scales' sides, increasing")
+    cfg.key("vocab").int(1, 1 << 24)
+    cfg.key("cvae").int(1, MAX_DIM)
+    cfg.key("diff_steps").int(1, 1024)
+
+
+FAMILY_CONFIGS = {"infinity": _infinity_config, "hart": _hart_config}
+
+
 @dataclass(frozen=True)
 class ModelRecord:
     name: str
@@ -281,13 +314,15 @@ class ModelRecord:
     depth: int
     heads: int
     head_dim: int
-    config: dict  # as written: the model family reads the rest (``ModelFamily.config_from_dict``)
+    config: dict  # as written, its fields that runs read checked (``FAMILY_CONFIGS``); ``config_from_dict``: the rest
     source: SourceRecord
 
     @classmethod
     def read(cls, at: _At) -> ModelRecord:
         cfg = at.key("config")
-        return cls(at.key("name").str(), at.key("family", optional=True).str(none=True) or "infinity",
+        family = at.key("family", optional=True).str(tuple(FAMILY_CONFIGS), none=True) or "infinity"
+        FAMILY_CONFIGS[family](cfg)
+        return cls(at.key("name").str(), family,
                    cfg.key("depth").int(1, 4096), cfg.key("heads").int(1, 4096), cfg.key("head_dim").int(1, 4096),
                    cfg.obj(), SourceRecord.read(at.key("source")))
 
@@ -344,7 +379,7 @@ class Manifest:
             raise ManifestError(f"pixels is {list(pixels)}; it must be [height, width]")
         weights = tuple(WeightRecord.read(w) for w in at.key("weights").list(64))
         engines = at.key("engines", optional=True)
-        return cls(
+        m = cls(
             complete=at.key("complete").bool(), model=ModelRecord.read(at.key("model")),
             resolution=at.key("resolution").str(), aspect=at.key("aspect").str(), pixels=pixels,
             precision=at.key("precision").str(PRECISIONS), batch=at.key("batch").int(1, 4096),
@@ -356,3 +391,7 @@ class Manifest:
             memory_plan=tuple(MemoryRecord.read(it) for it in at.key("memory_plan").key("items").list(1024)),
             engines={} if engines.value is None else {n: EngineFile.read(e) for n, e in engines.items()},
         )
+        if m.model.family == "hart" and [s.h for s in m.scales] != m.model.config["patch_nums"]:
+            raise ManifestError(f"model.config.patch_nums is {m.model.config['patch_nums']}, but the scales' sides are "
+                                f"{[s.h for s in m.scales]}")
+        return m

@@ -4,6 +4,8 @@ If/Loop/Scan bodies and local functions included. Imports only onnx and numpy, a
 
 from __future__ import annotations
 
+import mmap
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +76,73 @@ def without_weight_data(model: onnx.ModelProto) -> onnx.ModelProto:
                           "string_data"):
                     t.ClearField(f)
     return m
+
+
+_MODEL_GRAPH, _GRAPH_INPUT, _GRAPH_OUTPUT = 7, 11, 12  # field numbers in onnx.proto (ModelProto, GraphProto)
+
+
+class UnreadableModel(ValueError):
+    """A file that is not a well-formed serialized ONNX model."""
+
+
+def interface(path: str | os.PathLike) -> tuple[list[onnx.ValueInfoProto], list[onnx.ValueInfoProto]]:
+    """The declared inputs and outputs of the main graph of the ONNX model at ``path``, read without parsing
+    its nodes or initializers: the wire format is walked over a memory map, so a decoder that holds hundreds
+    of MB of weights costs what its few interface entries cost. Raises ``UnreadableModel``."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise UnreadableModel("the file is empty")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            buf = memoryview(mm)
+            try:
+                inputs, outputs = [], []
+                for field, a, b in _fields(buf, 0, size):
+                    if field != _MODEL_GRAPH:
+                        continue
+                    for gfield, ga, gb in _fields(buf, a, b):
+                        if gfield in (_GRAPH_INPUT, _GRAPH_OUTPUT):
+                            vi = onnx.ValueInfoProto.FromString(bytes(buf[ga:gb]))
+                            (inputs if gfield == _GRAPH_INPUT else outputs).append(vi)
+            except Exception as err:  # noqa: BLE001  (protobuf's DecodeError and its relatives: not a model)
+                raise UnreadableModel(str(err) or type(err).__name__) from None
+            finally:
+                buf.release()
+    return inputs, outputs
+
+
+def _varint(buf: memoryview, i: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= end or shift > 63:
+            raise UnreadableModel(f"a malformed varint at byte {i}")
+        byte = buf[i]
+        value |= (byte & 0x7F) << shift
+        i, shift = i + 1, shift + 7
+        if not byte & 0x80:
+            return value, i
+
+
+def _fields(buf: memoryview, i: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(field number, start, end) of every length-delimited field of the message in ``buf[i:end]``; the
+    other wire types are skipped, groups and lengths past the end refused."""
+    while i < end:
+        tag, i = _varint(buf, i, end)
+        wire = tag & 7
+        if wire == 0:
+            _, i = _varint(buf, i, end)
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        elif wire == 2:
+            n, i = _varint(buf, i, end)
+            if i + n > end:
+                raise UnreadableModel(f"field {tag >> 3} at byte {i} runs past the end of its message")
+            yield tag >> 3, i, i + n
+            i += n
+        else:
+            raise UnreadableModel(f"wire type {wire} at byte {i} is not one ONNX writes")
+    if i != end:
+        raise UnreadableModel("the last field runs past the end of the file")
 
 
 def attr(node: onnx.NodeProto, name: str, default: Any) -> Any:

@@ -53,7 +53,7 @@ def run_artifact(root: str, out: str, backend: str = "auto", text_embeddings: st
     sched = artifact_schedule(art)
     text, lengths = load_text_embeddings(text_embeddings, m.batch, text_channels(art),
                                          default_len=min(16, m.text_len))
-    forced = read_npz(force_tokens) if force_tokens else None
+    forced = read_npz(force_tokens, "--force-tokens") if force_tokens else None
     load_s = time.perf_counter() - t0
     res = generate(be, sched, art.plan(), geom, text, lengths, settings, force_tokens=forced,
                    keep_logits=save_logits is not None, allow_failed_rows=True)
@@ -62,7 +62,7 @@ def run_artifact(root: str, out: str, backend: str = "auto", text_embeddings: st
               "failed": failed_records(res.failed, settings.seeds),
               "memory": memory_report(be, m)}
     if timings:
-        write_json(timings, report)
+        write_json(timings, report, "the --timings report")
     mem = report["memory"]
     log(f"memory: peak RSS {mem['peak_rss_bytes'] / 2**30:.2f} GiB = weights {mem['weights_bytes'] / 2**30:.2f} + "
         f"KV cache {mem['kv_cache_bytes'] / 2**30:.2f} + activations and runtime; planned peak step activations "

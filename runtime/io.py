@@ -32,18 +32,34 @@ def write_images(images: np.ndarray, out: str | os.PathLike, rows: Sequence[int]
     rows = range(len(images)) if rows is None else rows
     batch = len(images) if batch is None else batch
     if batch == 1:
-        return [atomic_write_bytes(out, png_bytes(img)) for img in images]
-    return [atomic_write_bytes(out.with_name(f"{out.stem}_{row}{out.suffix or '.png'}"), png_bytes(img))
+        return [atomic_write_bytes(out, png_bytes(img), "image") for img in images]
+    return [atomic_write_bytes(out.with_name(f"{out.stem}_{row}{out.suffix or '.png'}"), png_bytes(img), f"image {row}")
             for row, img in zip(rows, images, strict=True)]
 
 
-def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], what: str = "") -> Path:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    return atomic_write_bytes(path, buf.getvalue())
+    return atomic_write_bytes(path, buf.getvalue(), what)
 
 
-def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+_NPY_MAGIC, _ZIP_MAGIC = b"\x93NUMPY", (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _magic(path: str | os.PathLike) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(6)
+    except OSError:
+        return b""
+
+
+def read_npz(path: str | os.PathLike, what: str = "") -> dict[str, np.ndarray]:
+    """Every array of an .npz archive (``what``: the flag that named it), each member's header bounded first."""
+    label = f"{what} {path}" if what else str(path)
+    if _magic(path) == _NPY_MAGIC:
+        raise ValueError(f"{label} is not a readable .npz archive: it is one .npy array (np.save); give an archive "
+                         "of named arrays (np.savez), as --save-tokens writes")
     try:
         with zipfile.ZipFile(path) as z:
             for info in z.infolist():  # each member's .npy header, bounded before numpy allocates anything
@@ -55,12 +71,15 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path} is not a readable .npz archive ({err})") from None
+        raise ValueError(f"{label} is not a readable .npz archive ({err})") from None
 
 
 def read_npy(path: str | os.PathLike, what: str) -> np.ndarray:
     """One array from a .npy file, its header's shape checked against the file's size before loading (a small
     file cannot claim a huge array); an .npz archive or a pickle is refused."""
+    if _magic(path).startswith(_ZIP_MAGIC):
+        raise ValueError(f"{what} {path}: not a readable .npy array: it is an .npz archive (np.savez); give one "
+                         "array saved with np.save")
     try:
         with open(path, "rb") as f:
             _check_npy_header(f, os.fstat(f.fileno()).st_size)
@@ -88,8 +107,8 @@ def _check_npy_header(f, size: int) -> None:
                          "bytes of data")
 
 
-def write_json(path: str | os.PathLike, obj) -> Path:
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+def write_json(path: str | os.PathLike, obj, what: str = "") -> Path:
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode(), what)
 
 
 def load_text_embeddings(path: str | os.PathLike | None, batch: int, channels: int,
@@ -131,7 +150,7 @@ def write_outputs(res, out: str, save_tokens: str | None, save_logits: str | Non
     A failed row (``res.failed``) gets no image; the archives keep every row, the evidence of where it failed."""
     paths = write_images(res.images, out, res.rows, res.batch)
     if save_tokens:
-        write_npz(save_tokens, res.tokens)
+        write_npz(save_tokens, res.tokens, "the --save-tokens archive")
     if save_logits:
-        write_npz(save_logits, res.logits)
+        write_npz(save_logits, res.logits, "the --save-logits archive")
     return paths

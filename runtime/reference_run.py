@@ -36,7 +36,7 @@ def run_reference(opts: RunOptions, out: str, save_tokens: str | None = None, sa
     sched = fam.schedule(cfg.to_dict(), opts.res, opts.aspect)
     plan = fam.prune_plan(cfg, sched, opts.schedule)
     text, lengths = load_text_embeddings(opts.text_embeddings, opts.batch, fam.text_width(cfg.to_dict()))
-    forced = read_npz(force_tokens) if force_tokens else None
+    forced = read_npz(force_tokens, "--force-tokens") if force_tokens else None
     load_s = time.perf_counter() - t0
     log(fam.describe(cfg, sched, plan))
     backend = fam.reference_backend(model, decoder, sched, plan)
@@ -47,7 +47,7 @@ def run_reference(opts: RunOptions, out: str, save_tokens: str | None = None, sa
     report = {"load_s": load_s, **res.timings, "images": [str(p) for p in paths],
               "failed": failed_records(res.failed, settings.seeds)}
     if timings:
-        write_json(timings, report)
+        write_json(timings, report, "the --timings report")
     log(f"loop {res.timings['loop_s']:.2f}s, decode {res.timings['decode_s']:.2f}s; per step: "
         + ", ".join(f"{s['index']}:{s['seconds']:.3f}s" for s in res.timings["steps"]))
     raise_for_failed_rows(res.failed, settings.seeds, paths)

@@ -80,10 +80,11 @@ def _write_goldens(art: Artifact, seed: int, text_embeddings: str | None, log: C
         g = graphs[name]
         ins = {t.name: _np(feeds[t.name]) for t in g.inputs}
         res = {t.name: _np(outs[t.name]) for t in g.outputs}
-        files = {"inputs": _write_npz(root / f"{name}.inputs.npz", ins),
-                 "outputs": _write_npz(root / f"{name}.outputs.npz", res)}
+        files = {"inputs": _write_npz(root / f"{name}.inputs.npz", ins, f"the golden inputs of {name}"),
+                 "outputs": _write_npz(root / f"{name}.outputs.npz", res, f"the golden outputs of {name}")}
         if sum(a.nbytes for a in res.values()) <= JSON_LIMIT:
-            files["outputs_json"] = _write_run_results(root / f"{name}.outputs.json", res)
+            files["outputs_json"] = _write_run_results(root / f"{name}.outputs.json", res,
+                                                       f"the golden outputs of {name}")
         index["graphs"][name] = {"key": g.key, "files": {k: _record(art.root, p) for k, p in files.items()}}
 
     def sink(name: str, feeds: dict, outs: dict) -> None:
@@ -106,9 +107,9 @@ def _write_goldens(art: Artifact, seed: int, text_embeddings: str | None, log: C
     missing = sorted(set(graphs) - set(index["graphs"]))
     if missing:
         raise ArtifactError(f"the reference run produced no goldens for {missing}")
-    loader = atomic_write_bytes(root / DATA_LOADER, _loader_script(art).encode())
+    loader = atomic_write_bytes(root / DATA_LOADER, _loader_script(art).encode(), "the goldens' data loader")
     index["data_loader"] = _record(art.root, loader)  # code a user is told to run: verified like every golden
-    atomic_write_json(root / INDEX, index)
+    atomic_write_json(root / INDEX, index, "the golden index")
     log(f"goldens: {len(index['graphs'])} graphs recorded from the PyTorch reference (seed {seed}) in {root}")
     return index
 
@@ -117,13 +118,13 @@ def _record(base: Path, p: Path) -> dict:
     return {"path": p.relative_to(base).as_posix(), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
 
 
-def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+def _write_npz(path: Path, arrays: dict[str, np.ndarray], what: str) -> Path:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    return atomic_write_bytes(path, buf.getvalue())
+    return atomic_write_bytes(path, buf.getvalue(), what)
 
 
-def _write_run_results(path: Path, outputs: dict[str, np.ndarray]) -> Path:
+def _write_run_results(path: Path, outputs: dict[str, np.ndarray], what: str) -> Path:
     from polygraphy.comparator import RunResults
 
     rr = RunResults()
@@ -133,7 +134,7 @@ def _write_run_results(path: Path, outputs: dict[str, np.ndarray]) -> Path:
         from polygraphy.json import to_json
 
         text = to_json(rr)
-    return atomic_write_bytes(path, text.encode())
+    return atomic_write_bytes(path, text.encode(), what)
 
 
 def load_index(art: Artifact) -> dict:

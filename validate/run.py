@@ -188,7 +188,7 @@ def validate(root: str, report: str | None = None, tol: list[str] | None = None,
            "graphs": [r.to_dict() for r in results], "end_to_end": e2e_report, "failures": failures,
            "passed": not failures}
     if report:
-        atomic_write_json(report, out)
+        atomic_write_json(report, out, "the --report")
     for name in example_graphs(art):
         cmd = polygraphy_command(art, name, tolerances, engine=backend == "tensorrt")
         if cmd:

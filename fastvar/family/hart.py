@@ -75,7 +75,11 @@ class HARTFamily(ModelFamily):
     def config_from_dict(self, d):
         from fastvar.export.models.hart_config import HARTConfig
 
-        return HARTConfig.from_dict(dict(d))
+        try:
+            return HARTConfig.from_dict(dict(d))
+        except (KeyError, TypeError, ValueError) as err:  # a field missing, unknown or of the wrong type
+            raise ValueError(f"model.config is not a HART config ({type(err).__name__}: {err}); re-run "
+                             "fastvar-export") from None
 
     def prune_plan(self, cfg, sched, spec: str):
         from fastvar.export.schedules import hart_prune_plan

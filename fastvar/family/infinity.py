@@ -75,12 +75,16 @@ class InfinityFamily(ModelFamily):
         from fastvar.export.models.infinity_config import InfinityConfig, VAEConfig
 
         c = dict(d)
-        vae = c.pop("vae")
-        for k in ("head_dim", "bits", "vocab"):
-            c.pop(k, None)
-        vae_cfg = VAEConfig(**{**vae, "level_channels": tuple(vae["level_channels"]),
-                               "upsample_levels": tuple(vae["upsample_levels"])})
-        return InfinityConfig(**c, vae=vae_cfg)
+        try:
+            vae = c.pop("vae")
+            for k in ("head_dim", "bits", "vocab"):
+                c.pop(k, None)
+            vae_cfg = VAEConfig(**{**vae, "level_channels": tuple(vae["level_channels"]),
+                                   "upsample_levels": tuple(vae["upsample_levels"])})
+            return InfinityConfig(**c, vae=vae_cfg)
+        except (KeyError, TypeError, ValueError) as err:  # a field missing, unknown or of the wrong type
+            raise ValueError(f"model.config is not an Infinity config ({type(err).__name__}: {err}); re-run "
+                             "fastvar-export") from None
 
     def prune_plan(self, cfg, sched, spec: str):
         from fastvar.export.schedules import prune_plan

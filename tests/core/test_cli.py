@@ -1,12 +1,15 @@
 """fastvar-run as users call it, through click (same code path as the console script)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from support.full_disk import full_disk
 
+import fastvar.atomic
 from fastvar.cli import run_cmd
 
 
@@ -149,10 +152,13 @@ def _header_only(f, shape):
 
 
 @pytest.mark.parametrize("flag,make,msg", [
-    ("--text-embeddings", lambda p: np.savez(p, t=np.zeros((4, 2048), np.float32)), "not an .npy array"),
+    ("--text-embeddings", lambda p: np.savez(p, t=np.zeros((4, 2048), np.float32)),
+     "not a readable .npy array: it is an .npz archive (np.savez); give one array saved with np.save"),
     ("--text-embeddings", lambda p: _header_only(p, (10**12, 2048)), "its header claims shape (1000000000000, 2048)"),
     ("--text-embeddings", lambda p: np.save(p, np.full((4, 2048), np.nan, np.float32)), "non-finite value"),
-    ("--force-tokens", lambda p: np.save(p, np.zeros((1, 1, 1, 32), np.uint8)), "is not a readable .npz archive"),
+    ("--force-tokens", lambda p: np.save(p, np.zeros((1, 1, 1, 32), np.uint8)),
+     "is not a readable .npz archive: it is one .npy array (np.save)"),
+    ("--force-tokens", lambda p: p.write(b"PK\x03\x04 not really a zip"), "--force-tokens"),
 ])
 def test_hostile_arrays_are_refused_before_anything_is_allocated(tmp_path, flag, make, msg):
     path = tmp_path / "x.bin"
@@ -162,3 +168,27 @@ def test_hostile_arrays_are_refused_before_anything_is_allocated(tmp_path, flag,
                                      "--out", str(tmp_path / "x.png")])
     assert r.exit_code == 2 and msg in r.output, r.output
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("victim,flag,stage", [
+    ("x.png", None, "writing image to"),
+    ("t.npz", "--save-tokens", "writing the --save-tokens archive to"),
+    ("t.json", "--timings", "writing the --timings report to"),
+])
+def test_a_full_disk_names_the_file_and_what_was_being_written(tmp_path, monkeypatch, victim, flag, stage):
+    """ENOSPC mid-write: exit 2 naming the user's path and the stage, never our hidden temp file, which is gone."""
+    full_disk(monkeypatch, fastvar.atomic, victim)
+    args = ["--random-init", "--res", "256", "--tau", "1", "--out", str(tmp_path / "x.png")]
+    r = CliRunner().invoke(run_cmd, args + ([flag, str(tmp_path / victim)] if flag else []))
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert f"{stage} {tmp_path / victim} failed: No space left on device" in r.output
+    assert ".fastvar.tmp" not in r.output and "the disk is full" in r.output
+    assert not (tmp_path / victim).exists() and not list(tmp_path.glob(".*"))
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full (every write: ENOSPC)")
+def test_a_device_that_is_full_is_named_with_the_stage(tmp_path):
+    r = CliRunner().invoke(run_cmd, ["--random-init", "--res", "256", "--tau", "1", "--out", "/dev/full"])
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert "writing image to /dev/full (character device) failed: could not write through it: No space left" \
+        in r.output and ".fastvar" not in r.output

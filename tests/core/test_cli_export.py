@@ -1,7 +1,9 @@
 """fastvar-export's planning and refusal paths, through click (no weights are built for these)."""
 
 from click.testing import CliRunner
+from support.full_disk import full_disk
 
+import fastvar.atomic
 from fastvar.cli import export_cmd
 
 
@@ -88,3 +90,14 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     finally:
         os.close(holder)
     assert sorted(p.name for p in out.iterdir()) == [".fastvar.lock"]
+
+
+def test_a_full_disk_during_an_export_names_the_graph_and_its_file(tmp_path, monkeypatch):
+    out = tmp_path / "a"
+    full_disk(monkeypatch, fastvar.atomic, "condition.onnx")
+    r = _export(["--model", "infinity-tiny", "--random-init", "--res", "256", "--schedule", "none", "--text-len", "8",
+                 "--out", str(out)])
+    assert r.exit_code == 2
+    assert f"writing graph condition to {out / 'graphs' / 'condition.onnx'} failed: No space left on device" in r.output
+    assert ".fastvar.tmp" not in r.output
+    assert not list((out / "graphs").iterdir())  # neither the graph nor our temp file

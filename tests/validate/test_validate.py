@@ -123,14 +123,16 @@ def test_perturbed_weight_fails_naming_scale_and_output(validated, tmp_path):
     assert "FAILED" in r.output and "step_00: output logits" in r.output
 
 
-def test_graph_from_another_schedule_fails_naming_the_scale(validated, tmp_path):
+def test_graph_from_another_schedule_is_refused_naming_the_scale_and_tensor(validated, tmp_path):
+    """An unpruned step_09 re-hashed into a FastVAR artifact, whose step_09 takes restore caches and gives kept
+    indices: its interface is not its record's, so it is refused (exit 2) before any golden is judged."""
     root = _copy(validated, "fastvar", tmp_path)
     shutil.copy(validated["none"][0] / "graphs" / "step_09.onnx", root / "graphs" / "step_09.onnx")
     _rerecord(root, "graphs/step_09.onnx")
     r = _validate([root, "--no-e2e"])
-    assert r.exit_code == 1, r.output
-    failed = r.output.split("FAILED:")[1]
-    assert "step_09" in failed and "step_10" not in failed
+    assert r.exit_code == 2, r.output
+    assert "graph step_09: the manifest records input 'cache_sa_0', which the graph file does not have" in r.output
+    assert "step_10" not in r.output and "max rel" not in r.output
 
 
 def test_missing_golden_or_graph_is_a_usage_error(validated, tmp_path):
