@@ -49,14 +49,33 @@ WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_mo
 _TOKENIZER_IGNORED = ("encoder.", "quant_conv.", "quantize.ema_vocab_hit_SV", "decoder2.", "post_quant_conv2.")
 
 
+# Keys by which a Hugging Face config asks for code shipped with the checkpoint.
+_REMOTE_CODE_KEYS = ("auto_map", "trust_remote_code")
 _BLOCK_RE = re.compile(r"^blocks\.(\d{1,9})\.")
 _DIFF_BLOCK_RE = re.compile(r"^diffloss\.net\.res_blocks\.(\d{1,9})\.")
 _LEVEL_RE = re.compile(r"^decoder\.up\.(\d{1,9})\.")
 _SHARED_RE = re.compile(r"^quantize\.quant_resi\.qresi_ls\.(\d{1,9})\.")
 
 
+def _remote_code_keys(hf: dict) -> list[str]:
+    """Every key, at any depth, that names custom code (walked iteratively: a config may nest deeply)."""
+    found, todo = [], [hf]
+    while todo:
+        node = todo.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for k, v in items:
+            if k in _REMOTE_CODE_KEYS:
+                found.append(k)
+            todo.append(v)
+    return sorted(set(found))
+
+
 def read_hf_config(folder: str | os.PathLike, model_type: str) -> dict:
-    """``config.json`` of a checkpoint folder, checked to be the expected upstream model type."""
+    """``config.json`` of a checkpoint folder, checked to be the expected upstream model type.
+
+    A config naming custom code (``auto_map``, ``trust_remote_code``) is refused: folders are read as JSON
+    and tensors only, and nothing in this project passes ``trust_remote_code=True`` to any loader (nor loads a
+    folder through ``from_pretrained`` at all), so a file in a checkpoint folder can never run code."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist (expected upstream's HF layout: "
@@ -68,6 +87,10 @@ def read_hf_config(folder: str | os.PathLike, model_type: str) -> dict:
     hf = read_json(path, "config.json")
     if not isinstance(hf, dict):
         raise CheckpointError(f"{path} holds a {type(hf).__name__}, not a JSON object")
+    remote = _remote_code_keys(hf)
+    if remote:
+        raise CheckpointError(f"{path} names custom code ({', '.join(remote)}): checkpoint folders are never loaded "
+                              "with remote code; accepted: upstream's config.json, which needs none")
     found = hf.get("model_type")
     if found != model_type:
         raise CheckpointError(f"{path} has model_type {found!r}; expected {model_type!r}")

@@ -1,6 +1,6 @@
-"""Hostile HART release folders through the CLI (issue 15, classes 4 and 12): config.json values of the
-wrong type, sign or size are refused naming the key before anything is built; the config's sizes are
-compared with the weights first."""
+"""Hostile HART release folders through the CLI (issue 15, classes 4, 12 and 13): config.json values of
+the wrong type, sign or size are refused naming the key before anything is built; the config's sizes are
+compared with the weights first; a config naming custom code is refused."""
 
 from __future__ import annotations
 
@@ -168,4 +168,20 @@ def test_odd_weight_entries(rel, tmp_path):
     assert_refused(_run(rel, tmp_path), "key ('head', 1) is of type tuple, not a string")
     ema.write_bytes(b"")
     assert_refused(_run(rel, tmp_path), f"{ema} is empty (0 bytes)")
+
+
+# ---- class 13: no remote code ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("folder,changes,named", [
+    ("llm", {"auto_map": {"AutoModel": "modeling_hart.HARTForT2I"}}, "names custom code (auto_map)"),
+    ("llm", {"trust_remote_code": True}, "names custom code (trust_remote_code)"),
+    ("tokenizer", {"auto_map": {"AutoConfig": "x.Y"}}, "names custom code (auto_map)"),
+    ("tokenizer", {"text_config": [{"auto_map": "x.Y"}]}, "names custom code (auto_map)"),
+])
+def test_a_config_naming_custom_code_is_refused(rel, tmp_path, folder, changes, named):
+    _edit(rel / folder / "config.json", **changes)
+    (rel / folder / "modeling_hart.py").write_text("raise SystemExit('remote code ran')\n")
+    out = assert_refused(_run(rel, tmp_path), str(rel / folder / "config.json"), named,
+                         "never loaded with remote code")
+    assert "remote code ran" not in out
 
