@@ -36,6 +36,7 @@ from fastvar.export.models.limits import (
 )
 from fastvar.export.models.state_dict_checks import (
     CheckpointError,
+    check_finite,
     count_of,
     dim,
     indices,
@@ -146,7 +147,7 @@ def infer_infinity_config(sd: Mapping[str, torch.Tensor], vae: VAEConfig | None 
 
 def load_infinity(path: str | os.PathLike, vae: VAEConfig | None = None) -> Infinity:
     """Build an Infinity of the checkpoint's size on the meta device, compare it with every tensor, then
-    load it strictly (fp32)."""
+    load it strictly (fp32; each weight checked finite as it is converted)."""
     source = f"transformer checkpoint {path}"
     raw = read_state_dict(path)
     for k in _LEGACY_KEYS:
@@ -180,10 +181,16 @@ def load_into_meta(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str) 
     """Assign a strictly checked state dict (as fp32) to a model built on the meta device.
 
     Building on meta skips a random initialisation the checkpoint would overwrite, and allocates nothing a
-    file's numbers ask for before its tensors are compared. Anything the state dict does not hold must have
-    been made on a real device, or it would stay without data and fail only when generating: that is checked
-    here, once, so a loader cannot hand out a half-loaded model."""
-    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
+    file's numbers ask for before its tensors are compared. Each weight is converted and checked finite one
+    at a time (a NaN weight gives a meaningless image, not an error). Anything the state dict does not hold
+    must have been made on a real device, or it would stay without data and fail only when generating: that
+    is checked here, once, so a loader cannot hand out a half-loaded model."""
+    loaded = {}
+    for k, v in sd.items():
+        t = v.float()
+        check_finite(k, t, what)
+        loaded[k] = t
+    model.load_state_dict(loaded, strict=True, assign=True)
     left = sorted({name for name, t in _module_tensors(model) if t.is_meta})
     if left:
         raise RuntimeError(f"{what}: {len(left)} tensors are not in the checkpoint and were never materialised "
@@ -260,7 +267,7 @@ def infer_vae_config(sd: Mapping[str, torch.Tensor], source: str = "VAE checkpoi
 
 def load_vae(path: str | os.PathLike) -> BSQVAEDecoder:
     """Build the decoder of the checkpoint's size on the meta device, compare it with every tensor, and
-    load it strictly (encoder and quantizer ignored)."""
+    load it strictly (encoder and quantizer ignored; each weight checked finite)."""
     source = f"VAE checkpoint {path}"
     sd = _vae_decoder_dict(read_state_dict(path), source)
     cfg = infer_vae_config(sd, source)

@@ -164,7 +164,8 @@ def load_hart(folder: str | os.PathLike, use_ema: bool = True,
 
     As upstream's sample.py: the folder's weights, then, with ``use_ema``, ``ema_model.bin`` over them
     (both must match the model exactly; unused training buffers are dropped). The config's numbers are
-    bounded and compared with the tensors before the model is built (on the meta device)."""
+    bounded and compared with the tensors before the model is built (on the meta device); the weights that
+    are loaded are checked finite one tensor at a time."""
     folder = Path(folder)
     cfg = hart_config_from_folder(folder, tokenizer)
     sd, path = read_hf_weights(folder, _transformer_key)
@@ -211,7 +212,7 @@ def _check_tokenizer_shapes(cfg: HARTTokenizerConfig, sd: Mapping[str, torch.Ten
 
 def load_hart_tokenizer(folder: str | os.PathLike) -> HARTTokenizer:
     """The decode side of upstream's tokenizer folder, loaded strictly (encoder and discriminator ignored),
-    built on the meta device only after its config is compared with the tensors."""
+    built on the meta device only after its config is compared with the tensors; weights checked finite."""
     folder = Path(folder)
     cfg = _tokenizer_config(folder)
     raw, path = read_hf_weights(folder, lambda k: True)

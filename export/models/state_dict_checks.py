@@ -2,8 +2,8 @@
 
 A loaded state dict is untrusted: every entry must be a named tensor no larger than the data stored for it,
 every shape is checked for rank before it is indexed, every dimension read off it is bounded
-(``limits``) and a set of block indices must be exactly 0..n-1.
-Each failure is a ``CheckpointError`` naming the file and the key or field.
+(``limits``), a set of block indices must be exactly 0..n-1, and every weight that is loaded must be
+finite. Each failure is a ``CheckpointError`` naming the file and the key or field.
 """
 
 from __future__ import annotations
@@ -101,3 +101,11 @@ def _summary(found: set[int]) -> str:
         return f"{s[0]}..{s[-1]}"
     return ", ".join(map(str, s[:8])) + (f", ... ({len(s)} in all, up to {s[-1]})" if len(s) > 8 else "")
 
+
+def check_finite(key: str, t: torch.Tensor, source: str) -> None:
+    """Refuse a weight holding NaN or infinity: it would give a meaningless image, not an error."""
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        nan = int(torch.isnan(t).sum())
+        raise CheckpointError(f"{source}: tensor {key!r} holds non-finite values ({nan} NaN, "
+                              f"{int(torch.isinf(t).sum())} infinite of {t.numel()}); the checkpoint is damaged "
+                              "or was saved from a diverged run")

@@ -1,6 +1,6 @@
-"""Hostile Infinity checkpoints through the CLI (issue 15, classes 4 and 12): absurd sizes are refused
+"""Hostile Infinity checkpoints through the CLI (issue 15, classes 4, 9 and 12): absurd sizes are refused
 before anything is built, in bounded time and memory; odd entries, broken files and shard indices that
-point outside their folder are a clean exit 2 naming the file and the key."""
+point outside their folder are a clean exit 2 naming the file and the key; a NaN weight is refused at load."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from support.hostile import assert_refused, invoke, measure
 
-from fastvar.cli import run_cmd
+from fastvar.cli import export_cmd, run_cmd
 from fastvar.export.models.checkpoint import (
     build_random_infinity,
     build_random_vae,
@@ -246,3 +246,31 @@ def test_shards_linked_into_a_blob_store_load_like_a_hugging_face_snapshot(tmp_p
     model = load_infinity(snap, CFG.vae)
     assert torch.equal(model.state_dict()[FC1], sd[FC1])
 
+
+# ---- class 9: non-finite weights are refused at load, naming the tensor --------------------------
+
+def _poisoned(t: torch.Tensor, value: float) -> torch.Tensor:
+    t = t.clone()
+    t.view(-1)[t.numel() // 2] = value
+    return t
+
+
+def test_export_from_a_checkpoint_with_a_nan_weight_is_refused_naming_it(pair, weights, tmp_path):
+    sd, _ = weights
+    t, v = pair
+    save_state_dict({**sd, FC1: _poisoned(sd[FC1], float("nan"))}, t)
+    r = invoke(export_cmd, ["--model", "infinity", "--ckpt", t, "--vae", v, "--res", "256",
+                            "--out", tmp_path / "art"])
+    assert_refused(r, f"transformer checkpoint {t}", f"tensor '{FC1}' holds non-finite values (1 NaN")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_an_infinite_weight_in_the_transformer_or_the_vae_is_refused(pair, weights, tmp_path, dtype):
+    sd, vae = weights
+    t, v = pair
+    save_state_dict({k: w.to(dtype) for k, w in {**sd, SCALE: _poisoned(sd[SCALE], float("inf"))}.items()}, t)
+    assert_refused(_run(t, v, tmp_path), f"tensor '{SCALE}' holds non-finite values (0 NaN, 1 infinite")
+    key = "decoder.conv_out.conv.weight"
+    save_state_dict(sd, t)
+    save_state_dict({**vae, key: _poisoned(vae[key], float("-inf"))}, v, wrap_key="vae")
+    assert_refused(_run(t, v, tmp_path), f"VAE checkpoint {v}", f"tensor '{key}' holds non-finite values")

@@ -1,6 +1,6 @@
-"""Hostile HART release folders through the CLI (issue 15, classes 4, 12 and 13): config.json values of
+"""Hostile HART release folders through the CLI (issue 15, classes 4, 9, 12 and 13): config.json values of
 the wrong type, sign or size are refused naming the key before anything is built; the config's sizes are
-compared with the weights first; a config naming custom code is refused."""
+compared with the weights first; a config naming custom code is refused; a NaN weight is refused at load."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from support.hostile import assert_refused, invoke, measure
 
 from fastvar.cli import run_cmd
@@ -185,3 +186,20 @@ def test_a_config_naming_custom_code_is_refused(rel, tmp_path, folder, changes, 
                          "never loaded with remote code")
     assert "remote code ran" not in out
 
+
+# ---- class 9: non-finite weights ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("where,key,value", [
+    ("llm/ema_model.bin", "blocks.1.ffn.up_proj.weight", float("nan")),
+    ("llm/ema_model.bin", "diffloss.net.final_layer.linear.bias", float("inf")),
+    ("tokenizer/model.safetensors", "vae.decoder.conv_out.weight", float("-inf")),
+    ("tokenizer/model.safetensors", "vae.quantize.embedding.weight", float("nan")),
+])
+def test_a_non_finite_weight_is_refused_at_load_naming_it(rel, tmp_path, where, key, value):
+    path = rel / where
+    sd = torch.load(path, weights_only=True) if path.suffix == ".bin" else load_file(path)
+    bad = sd[key].clone()
+    bad.view(-1)[0] = value
+    save_state_dict({**sd, key: bad}, path)
+    name = key.removeprefix("vae.")
+    assert_refused(_run(rel, tmp_path), str(path), f"tensor '{name}' holds non-finite values")
