@@ -108,5 +108,17 @@ def read_store(path: str | os.PathLike, keys: Iterable[str] | None = None) -> di
             f.seek(start + a)
             buf = np.fromfile(f, dtype=np.uint8, count=b - a)
             dtype = _TORCH_DTYPES[info["dtype"]]
-            out[k] = torch.from_numpy(buf).view(dtype).reshape(info["shape"])
+            t = torch.from_numpy(buf).view(dtype).reshape(info["shape"])
+            _check_finite(path, k, t)
+            out[k] = t
     return out
+
+
+def _check_finite(path: str | os.PathLike, key: str, t: torch.Tensor) -> None:
+    """Refuse a stored weight holding NaN or infinity, as it is loaded. Export refuses such checkpoints, so
+    only an artifact exported by an older version (its hashes intact) can hold one: without this it would
+    run and write a meaningless image."""
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise StoreError(f"{path}: weight {key!r} holds non-finite values ({int(torch.isnan(t).sum())} NaN, "
+                         f"{int(torch.isinf(t).sum())} infinite); the artifact was exported from a damaged "
+                         "checkpoint: re-export it from one whose weights are finite")

@@ -9,7 +9,6 @@ encoder included) or a bare state dict, with upstream's wrapped (``conv_in.conv.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -20,86 +19,34 @@ from torch import nn
 
 from fastvar.atomic import atomic_path
 from fastvar.export.models.bsq_vae import BSQVAEDecoder
+from fastvar.export.models.checkpoint_files import read_state_dict
 from fastvar.export.models.infinity import Infinity
 from fastvar.export.models.infinity_config import InfinityConfig, VAEConfig
+from fastvar.export.models.limits import (
+    CHANNELS,
+    CODE_CHANNELS,
+    DEPTH,
+    FFN,
+    HEADS,
+    LEVELS,
+    RES_BLOCKS,
+    TEXT_CHANNELS,
+    TEXT_TOKENS,
+    WIDTH,
+)
+from fastvar.export.models.state_dict_checks import (
+    CheckpointError,
+    check_finite,
+    count_of,
+    dim,
+    indices,
+    tensor_entries,
+)
 
 # Buffers that older upstream checkpoints carry and upstream's own loader drops.
 _LEGACY_KEYS = ("lvl_1L", "attn_bias_for_masking", "Infinity_visible_kvlen", "Infinity_invisible_qlen")
 # Parts of upstream's VAE file that decoding does not use.
 _VAE_IGNORED_PREFIXES = ("encoder.", "quantizer.", "quantize.")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded, with the reason and what is accepted."""
-
-
-def _load_pickle(path: Path) -> dict:
-    try:
-        try:  # memory-map zip-format files: an 8.8 GB checkpoint is not read into RAM twice
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as err:
-            if "mmap" not in str(err):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for non-checkpoints and unsafe pickles
-        raise CheckpointError(
-            f"{path} is not a PyTorch checkpoint that loads with weights_only=True "
-            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-            "accepted: a .pth state dict, a .safetensors file, or a folder of sharded safetensors"
-        ) from None
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
-    return dict(obj)
-
-
-def _load_safetensors(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except Exception as err:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from None
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a checkpoint in any supported layout into one flat state dict."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if path.is_dir():
-        index = sorted(path.glob("*.safetensors.index.json"))
-        if index:
-            return read_state_dict(index[0])
-        shards = sorted(path.glob("*.safetensors"))
-        if not shards:
-            raise CheckpointError(f"folder {path} holds no *.safetensors shards and no *.safetensors.index.json")
-        sd: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            sd.update(_load_safetensors(shard))
-        return sd
-    if path.name.endswith(".index.json"):
-        return _read_index(path)
-    if path.suffix == ".safetensors":
-        return _load_safetensors(path)
-    return _load_pickle(path)
-
-
-def _read_index(index: Path) -> dict[str, torch.Tensor]:
-    """A Hugging Face shard index (safetensors or pickle shards): every shard it names, checked complete."""
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{index} is not a shard index (no weight_map: {err})") from None
-    sd: dict[str, torch.Tensor] = {}
-    for shard in sorted(set(weight_map.values())):
-        path = index.parent / shard
-        if not path.exists():
-            raise CheckpointError(f"shard {path} named by {index.name} is missing")
-        sd.update(_load_safetensors(path) if path.suffix == ".safetensors" else _load_pickle(path))
-    missing = sorted(set(weight_map) - set(sd))
-    if missing:
-        raise CheckpointError(f"the shards lack {len(missing)} keys their index names, e.g. {missing[:3]}")
-    return sd
 
 
 def _check_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> None:
@@ -112,7 +59,7 @@ def _check_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -
         if tuple(sd[k].shape) != tuple(expected[k].shape)
     )
     if missing or unexpected or shapes:
-        lines = [f"{what} checkpoint does not match the model (strict load):"]
+        lines = [f"{what} does not match the model (strict load):"]
         if missing:
             lines.append(f"  missing keys ({len(missing)}): {', '.join(missing[:20])}")
         if unexpected:
@@ -124,41 +71,55 @@ def _check_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -
 
 # ---- transformer ---------------------------------------------------------------------------------
 
-_BLOCK_RE = re.compile(r"^(?:block_chunks\.(\d+)\.module\.(\d+)|blocks\.(\d+))\.")
+# At most 9 digits: a longer number is no block of ours and is reported as an unexpected key.
+_CHUNK_RE = re.compile(r"^block_chunks\.(\d{1,9})\.module\.(\d{1,9})\.")
+_FLAT_RE = re.compile(r"^blocks\.(\d{1,9})\.")
 
 
-def infer_infinity_config(sd: Mapping[str, torch.Tensor], vae: VAEConfig | None = None,
-                          name: str = "infinity-ckpt") -> InfinityConfig:
-    """Read depth, width, heads, bits, FFN and text sizes off a transformer state dict."""
+def _infinity_depth(sd: Mapping[str, torch.Tensor], source: str) -> tuple[int, int, str]:
+    """(depth, block_chunks, block 0's prefix) from the block keys: every chunk 0..C-1 holding blocks
+    0..P-1, or flat blocks 0..D-1, with C, P and D bounded before anything is built."""
+    chunked = {(int(m.group(1)), int(m.group(2))) for k in sd if (m := _CHUNK_RE.match(k))}
+    if chunked:
+        chunks = count_of({c for c, _ in chunked}, DEPTH, "block_chunks", "block_chunks.{c}", source)
+        per = count_of({j for _, j in chunked}, DEPTH, "blocks per chunk", "block_chunks.{c}.module.{j}", source)
+        if not DEPTH.holds(chunks * per):
+            raise CheckpointError(f"{source}: {chunks} chunks of {per} blocks give depth {chunks * per}; "
+                                  f"accepted: {DEPTH.accepted()}")
+        absent = sorted({(c, j) for c in range(chunks) for j in range(per)} - chunked)
+        if absent:
+            raise CheckpointError(f"{source}: every chunk must hold the same blocks; block_chunks.{absent[0][0]}"
+                                  f".module.{absent[0][1]}.* is absent ({len(absent)} blocks in all)")
+        return chunks * per, chunks, "block_chunks.0.module.0."
+    flat = indices(sd, _FLAT_RE)
+    if flat:
+        return count_of(flat, DEPTH, "depth", "blocks.{i}", source), 1, "blocks.0."
+    raise CheckpointError(f"{source}: not an Infinity transformer checkpoint: no block_chunks.{{c}}.module.{{j}}.* "
+                          "or blocks.{i}.* keys")
+
+
+def _require_transformer_keys(sd: Mapping, source: str) -> None:
     need = ("pos_start", "word_embed.weight", "text_norm.weight", "cfg_uncond", "text_proj_for_sos.ca.mat_q")
     absent = [k for k in need if k not in sd]
     if absent:
         raise CheckpointError(
-            f"not an Infinity transformer checkpoint: it lacks {', '.join(absent)} "
-            f"(it has {len(sd)} keys, e.g. {', '.join(list(sd)[:5])})"
+            f"{source}: not an Infinity transformer checkpoint: it lacks {', '.join(absent)} "
+            f"(it has {len(sd)} keys, e.g. {', '.join(map(str, list(sd)[:5]))})"
         )
-    chunks, per_chunk, flat = set(), set(), set()
-    for k in sd:
-        m = _BLOCK_RE.match(k)
-        if m and m.group(1) is not None:
-            chunks.add(int(m.group(1)))
-            per_chunk.add(int(m.group(2)))
-        elif m:
-            flat.add(int(m.group(3)))
-    if chunks:
-        block_chunks, depth = max(chunks) + 1, (max(chunks) + 1) * (max(per_chunk) + 1)
-    elif flat:
-        block_chunks, depth = 1, max(flat) + 1
-    else:
-        raise CheckpointError("not an Infinity transformer checkpoint: no block_chunks.{c}.module.{j}.* keys")
-    first = "block_chunks.0.module.0." if chunks else "blocks.0."
+
+
+def infer_infinity_config(sd: Mapping[str, torch.Tensor], vae: VAEConfig | None = None,
+                          name: str = "infinity-ckpt", source: str = "transformer checkpoint") -> InfinityConfig:
+    """Read depth, width, heads, bits, FFN and text sizes off a transformer state dict (each rank-checked
+    and bounded before it is used)."""
+    _require_transformer_keys(sd, source)
+    depth, block_chunks, first = _infinity_depth(sd, source)
     absent = [first + k for k in ("sa.scale_mul_1H11", "ffn.fc1.weight") if first + k not in sd]
     if absent:
-        raise CheckpointError(f"not an Infinity transformer checkpoint: block 0 lacks {', '.join(absent)}")
-    width = sd["pos_start"].shape[-1]
-    scale_mul = sd[first + "sa.scale_mul_1H11"]
-    heads = max(scale_mul.shape)
-    bits = sd["word_embed.weight"].shape[1]
+        raise CheckpointError(f"{source}: not an Infinity transformer checkpoint: block 0 lacks {', '.join(absent)}")
+    width = dim(sd, "pos_start", 3, 2, WIDTH, "width", source)
+    heads = dim(sd, first + "sa.scale_mul_1H11", 4, 1, HEADS, "heads", source)
+    bits = dim(sd, "word_embed.weight", 2, 1, CODE_CHANNELS, "bits per token", source)
     if vae is None:
         vae = VAEConfig(codebook_dim=bits)
     if bits == vae.codebook_dim:
@@ -167,27 +128,37 @@ def infer_infinity_config(sd: Mapping[str, torch.Tensor], vae: VAEConfig | None 
         patchify = True
     else:
         raise CheckpointError(
-            f"the transformer predicts {bits} bits per token but the VAE codes {vae.codebook_dim}: they are not "
-            "a pair (expected equal, or 4x with spatial patchify as in Infinity-8B)"
+            f"{source}: the transformer predicts {bits} bits per token but the VAE codes {vae.codebook_dim}: they "
+            "are not a pair (expected equal, or 4x with spatial patchify as in Infinity-8B)"
         )
-    return InfinityConfig(
-        name=name, depth=depth, width=width, heads=heads, mlp_hidden=sd[first + "ffn.fc1.weight"].shape[0],
-        vae=vae, spatial_patchify=patchify, block_chunks=block_chunks,
-        text_channels=sd["text_norm.weight"].shape[0], text_maxlen=sd["cfg_uncond"].shape[0],
-        pool_heads=sd["text_proj_for_sos.ca.mat_q"].shape[1],
-    )
+    try:
+        return InfinityConfig(
+            name=name, depth=depth, width=width, heads=heads, vae=vae, spatial_patchify=patchify,
+            mlp_hidden=dim(sd, first + "ffn.fc1.weight", 2, 0, FFN, "FFN width", source), block_chunks=block_chunks,
+            text_channels=dim(sd, "text_norm.weight", 1, 0, TEXT_CHANNELS, "text channels", source),
+            text_maxlen=dim(sd, "cfg_uncond", 2, 0, TEXT_TOKENS, "text length", source),
+            pool_heads=dim(sd, "text_proj_for_sos.ca.mat_q", 3, 1, HEADS, "text pool heads", source),
+        )
+    except ValueError as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(f"{source}: {err}") from None
 
 
 def load_infinity(path: str | os.PathLike, vae: VAEConfig | None = None) -> Infinity:
-    """Build an Infinity of the checkpoint's size and load it strictly (fp32)."""
-    sd = read_state_dict(path)
+    """Build an Infinity of the checkpoint's size on the meta device, compare it with every tensor, then
+    load it strictly (fp32; each weight checked finite as it is converted)."""
+    source = f"transformer checkpoint {path}"
+    raw = read_state_dict(path)
     for k in _LEGACY_KEYS:
-        sd.pop(k, None)
-    cfg = infer_infinity_config(sd, vae, name=f"infinity-ckpt:{Path(path).name}")
+        raw.pop(k, None)
+    _require_transformer_keys(raw, source)
+    sd = tensor_entries(raw, source)
+    cfg = infer_infinity_config(sd, vae, name=f"infinity-ckpt:{Path(path).name}", source=source)
     with torch.device("meta"):
         model = Infinity(cfg)
-    _check_strict(model, sd, "transformer")
-    return load_into_meta(model, sd, "transformer").eval()
+    _check_strict(model, sd, source)
+    return load_into_meta(model, sd, source).eval()
 
 
 def _module_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
@@ -209,10 +180,17 @@ def _module_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
 def load_into_meta(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> nn.Module:
     """Assign a strictly checked state dict (as fp32) to a model built on the meta device.
 
-    Building on meta skips a random initialisation the checkpoint would overwrite; anything the state dict
-    does not hold must have been made on a real device, or it would stay without data and fail only when
-    generating. That is checked here, once, so a loader cannot hand out a half-loaded model."""
-    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
+    Building on meta skips a random initialisation the checkpoint would overwrite, and allocates nothing a
+    file's numbers ask for before its tensors are compared. Each weight is converted and checked finite one
+    at a time (a NaN weight gives a meaningless image, not an error). Anything the state dict does not hold
+    must have been made on a real device, or it would stay without data and fail only when generating: that
+    is checked here, once, so a loader cannot hand out a half-loaded model."""
+    loaded = {}
+    for k, v in sd.items():
+        t = v.float()
+        check_finite(k, t, what)
+        loaded[k] = t
+    model.load_state_dict(loaded, strict=True, assign=True)
     left = sorted({name for name, t in _module_tensors(model) if t.is_meta})
     if left:
         raise RuntimeError(f"{what}: {len(left)} tensors are not in the checkpoint and were never materialised "
@@ -222,7 +200,8 @@ def load_into_meta(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str) 
 
 # ---- VAE -----------------------------------------------------------------------------------------
 
-_UP_RE = re.compile(r"^decoder\.up\.(\d+)\.block\.(\d+)\.conv1\.(?:conv\.)?weight$")
+_UP_RE = re.compile(r"^decoder\.up\.(\d{1,9})\.block\.(\d{1,9})\.conv1\.conv\.weight$")
+_UPSAMPLE_RE = re.compile(r"^decoder\.up\.(\d{1,9})\.upsample\.")
 
 
 _CONV_MODULES = {"conv_in", "conv_out", "conv1", "conv2", "nin_shortcut", "conv"}
@@ -248,61 +227,57 @@ def _wrapped_key(key: str) -> str:
     return key
 
 
-def _vae_decoder_dict(raw: Mapping[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+def _vae_decoder_dict(raw: Mapping, source: str) -> dict[str, torch.Tensor]:
     sd = raw
-    if "vae" in sd and isinstance(sd["vae"], Mapping):
+    if isinstance(sd.get("vae"), Mapping):
         sd = sd["vae"]
-    elif "ema" in sd and isinstance(sd["ema"], Mapping):
+    elif isinstance(sd.get("ema"), Mapping):
         sd = sd["ema"]
-    out = {}
-    for k, v in sd.items():
-        if not isinstance(v, torch.Tensor):
-            raise CheckpointError(f"VAE checkpoint {path}: entry {k!r} is a {type(v).__name__}, not a tensor")
-        if k.startswith(_VAE_IGNORED_PREFIXES):
-            continue
-        out[_wrapped_key(k)] = v
+    kept = {k: v for k, v in sd.items() if not (isinstance(k, str) and k.startswith(_VAE_IGNORED_PREFIXES))}
+    out = {_wrapped_key(k): v for k, v in tensor_entries(kept, source).items()}
     if not any(k.startswith("decoder.") for k in out):
         raise CheckpointError(
-            f"{path} is not an Infinity BSQ VAE checkpoint: no decoder.* keys "
+            f"{source} is not an Infinity BSQ VAE checkpoint: no decoder.* keys "
             f"(accepted: {{'vae': state_dict}} or a bare state dict with decoder.conv_in.conv.weight, ...)"
         )
     return out
 
 
-def infer_vae_config(sd: Mapping[str, torch.Tensor]) -> VAEConfig:
-    """Code width, per-level channels, blocks per level and upsampling levels, from the decoder keys."""
-    try:
-        codebook_dim = sd["decoder.conv_in.conv.weight"].shape[1]
-    except KeyError:
-        raise CheckpointError("VAE checkpoint lacks decoder.conv_in.conv.weight") from None
-    levels: dict[int, int] = {}
-    blocks: dict[int, int] = {}
-    for k, v in sd.items():
-        m = _UP_RE.match(k)
-        if m:
-            lv, bl = int(m.group(1)), int(m.group(2))
-            blocks[lv] = max(blocks.get(lv, 0), bl + 1)
-            if bl == 0:
-                levels[lv] = v.shape[0]
-    if not levels or sorted(levels) != list(range(len(levels))):
-        raise CheckpointError(f"VAE decoder levels are incomplete: found up.{sorted(levels)}")
-    counts = set(blocks.values())
-    if len(counts) != 1:
-        raise CheckpointError(f"VAE decoder levels have different block counts: {blocks}")
-    ups = tuple(sorted({int(k.split(".")[2]) for k in sd if ".upsample." in k}))
-    return VAEConfig(codebook_dim=codebook_dim, level_channels=tuple(levels[i] for i in range(len(levels))),
-                     num_res_blocks=counts.pop() - 1, upsample_levels=ups)
+def infer_vae_config(sd: Mapping[str, torch.Tensor], source: str = "VAE checkpoint") -> VAEConfig:
+    """Code width, per-level channels, blocks per level and upsampling levels, from the decoder keys (levels
+    and blocks numbered exactly 0..n-1, every number bounded)."""
+    if "decoder.conv_in.conv.weight" not in sd:
+        raise CheckpointError(f"{source} lacks decoder.conv_in.conv.weight")
+    codebook_dim = dim(sd, "decoder.conv_in.conv.weight", 4, 1, CODE_CHANNELS, "code width", source)
+    found = {(int(m.group(1)), int(m.group(2))) for k in sd if (m := _UP_RE.match(k))}
+    n_levels = count_of({lv for lv, _ in found}, LEVELS, "levels", "decoder.up.{level}", source)
+    blocks = {lv: {b for v, b in found if v == lv} for lv in range(n_levels)}
+    counts = {lv: count_of(bs, RES_BLOCKS, "blocks", f"decoder.up.{lv}.block.{{j}}", source)
+              for lv, bs in blocks.items()}
+    if len(set(counts.values())) != 1:
+        raise CheckpointError(f"{source}: the decoder levels have different block counts: {counts}")
+    ups = indices(sd, _UPSAMPLE_RE)
+    if not ups <= set(range(n_levels)):
+        raise CheckpointError(f"{source}: upsampler of level {max(ups)} but only levels 0..{n_levels - 1} exist")
+    channels = tuple(dim(sd, f"decoder.up.{lv}.block.0.conv1.conv.weight", 4, 0, CHANNELS, f"level {lv} channels",
+                         source) for lv in range(n_levels))
+    return VAEConfig(codebook_dim=codebook_dim, level_channels=channels,
+                     num_res_blocks=counts[0] - 1, upsample_levels=tuple(sorted(ups)))
 
 
 def load_vae(path: str | os.PathLike) -> BSQVAEDecoder:
-    """Build the decoder of the checkpoint's size and load it strictly (encoder and quantizer ignored)."""
-    path = Path(path)
-    sd = _vae_decoder_dict(read_state_dict(path), path)
-    cfg = infer_vae_config(sd)
-    vae = BSQVAEDecoder(cfg)
-    _check_strict(vae, sd, "VAE")
-    vae.load_state_dict(sd, strict=True)
-    return vae.eval()
+    """Build the decoder of the checkpoint's size on the meta device, compare it with every tensor, and
+    load it strictly (encoder and quantizer ignored; each weight checked finite)."""
+    source = f"VAE checkpoint {path}"
+    sd = _vae_decoder_dict(read_state_dict(path), source)
+    cfg = infer_vae_config(sd, source)
+    try:
+        with torch.device("meta"):
+            vae = BSQVAEDecoder(cfg)
+    except ValueError as err:
+        raise CheckpointError(f"{source}: {err}") from None
+    _check_strict(vae, sd, source)
+    return load_into_meta(vae, sd, source).eval()
 
 
 # ---- random weights and saving -------------------------------------------------------------------

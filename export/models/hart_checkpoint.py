@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from fastvar.atomic import atomic_path
-from fastvar.export.models.checkpoint import (
-    CheckpointError,
-    _check_strict,
-    load_into_meta,
-    read_state_dict,
-    save_state_dict,
-)
+from fastvar.export.models.checkpoint import _check_strict, load_into_meta, save_state_dict
+from fastvar.export.models.checkpoint_files import read_json, read_state_dict
 from fastvar.export.models.hart import HART, UNUSED_BUFFERS
 from fastvar.export.models.hart_config import (
     HF_MODEL_TYPE,
@@ -37,6 +33,13 @@ from fastvar.export.models.hart_config import (
     unsupported,
 )
 from fastvar.export.models.hart_tokenizer import HARTTokenizer
+from fastvar.export.models.state_dict_checks import (
+    CheckpointError,
+    expect_count,
+    expect_dim,
+    indices,
+    tensor_entries,
+)
 
 EMA_FILE = "ema_model.bin"
 # Weight files of a Hugging Face folder, in the order from_pretrained prefers them.
@@ -46,47 +49,70 @@ WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_mo
 _TOKENIZER_IGNORED = ("encoder.", "quant_conv.", "quantize.ema_vocab_hit_SV", "decoder2.", "post_quant_conv2.")
 
 
+# Keys by which a Hugging Face config asks for code shipped with the checkpoint.
+_REMOTE_CODE_KEYS = ("auto_map", "trust_remote_code")
+_BLOCK_RE = re.compile(r"^blocks\.(\d{1,9})\.")
+_DIFF_BLOCK_RE = re.compile(r"^diffloss\.net\.res_blocks\.(\d{1,9})\.")
+_LEVEL_RE = re.compile(r"^decoder\.up\.(\d{1,9})\.")
+_SHARED_RE = re.compile(r"^quantize\.quant_resi\.qresi_ls\.(\d{1,9})\.")
+
+
+def _remote_code_keys(hf: dict) -> list[str]:
+    """Every key, at any depth, that names custom code (walked iteratively: a config may nest deeply)."""
+    found, todo = [], [hf]
+    while todo:
+        node = todo.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for k, v in items:
+            if k in _REMOTE_CODE_KEYS:
+                found.append(k)
+            todo.append(v)
+    return sorted(set(found))
+
+
 def read_hf_config(folder: str | os.PathLike, model_type: str) -> dict:
-    """``config.json`` of a checkpoint folder, checked to be the expected upstream model type."""
+    """``config.json`` of a checkpoint folder, checked to be the expected upstream model type.
+
+    A config naming custom code (``auto_map``, ``trust_remote_code``) is refused: folders are read as JSON
+    and tensors only, and nothing in this project passes ``trust_remote_code=True`` to any loader (nor loads a
+    folder through ``from_pretrained`` at all), so a file in a checkpoint folder can never run code."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist (expected upstream's HF layout: "
                               "a folder with config.json and the weights)")
     path = folder / "config.json"
-    if not path.exists():
+    if not path.is_file():
         raise CheckpointError(f"{folder} has no config.json; a HART checkpoint folder holds config.json "
                               f"(model_type {model_type!r}) next to its weights")
-    try:
-        hf = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err})") from None
+    hf = read_json(path, "config.json")
     if not isinstance(hf, dict):
         raise CheckpointError(f"{path} holds a {type(hf).__name__}, not a JSON object")
+    remote = _remote_code_keys(hf)
+    if remote:
+        raise CheckpointError(f"{path} names custom code ({', '.join(remote)}): checkpoint folders are never loaded "
+                              "with remote code; accepted: upstream's config.json, which needs none")
     found = hf.get("model_type")
     if found != model_type:
         raise CheckpointError(f"{path} has model_type {found!r}; expected {model_type!r}")
     return hf
 
 
-def read_hf_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
-    """The weights of a Hugging Face folder and the file they came from."""
+def read_hf_weights(folder: Path, keep: Callable[[str], bool]) -> tuple[dict[str, torch.Tensor], Path]:
+    """The weights of a Hugging Face folder that ``keep`` selects, checked to be named tensors, and their file."""
     for name in WEIGHT_FILES:
         path = folder / name
         if path.exists():
-            sd = read_state_dict(path)
-            return _tensors_only(sd, path), path
+            return _read_kept(path, keep), path
     raise CheckpointError(f"{folder} holds no weights: expected one of {', '.join(WEIGHT_FILES)}")
 
 
-def _tensors_only(sd: Mapping, path: Path) -> dict[str, torch.Tensor]:
-    for k, v in sd.items():
-        if not isinstance(v, torch.Tensor):
-            raise CheckpointError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor (not a state dict)")
-    return dict(sd)
+def _read_kept(path: Path, keep: Callable[[str], bool]) -> dict[str, torch.Tensor]:
+    raw = read_state_dict(path)
+    return tensor_entries({k: v for k, v in raw.items() if not isinstance(k, str) or keep(k)}, str(path))
 
 
-def _transformer_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in sd.items() if k not in UNUSED_BUFFERS}
+def _transformer_key(key: str) -> bool:
+    return key not in UNUSED_BUFFERS
 
 
 def hart_config_from_folder(folder: str | os.PathLike, tokenizer: HARTTokenizerConfig | None = None) -> HARTConfig:
@@ -100,11 +126,36 @@ def hart_config_from_folder(folder: str | os.PathLike, tokenizer: HARTTokenizerC
     if tokenizer is None:
         sibling = folder.parent / "tokenizer"
         if (sibling / "config.json").exists():
-            tokenizer = tokenizer_from_hf_config(read_hf_config(sibling, HF_TOKENIZER_TYPE))
+            tokenizer = _tokenizer_config(sibling)
     try:
         return from_hf_config(hf, tokenizer, name=f"hart-ckpt:{folder.name}")
     except ValueError as err:
         raise CheckpointError(f"{folder / 'config.json'}: {err}") from None
+
+
+def _tokenizer_config(folder: Path) -> HARTTokenizerConfig:
+    hf = read_hf_config(folder, HF_TOKENIZER_TYPE)
+    try:
+        return tokenizer_from_hf_config(hf)
+    except ValueError as err:
+        raise CheckpointError(f"{folder / 'config.json'}: {err}") from None
+
+
+def _check_transformer_shapes(cfg: HARTConfig, sd: Mapping[str, torch.Tensor], source: str) -> None:
+    """config.json's numbers against the tensors that carry them, before anything is built from them."""
+    expect_count(indices(sd, _BLOCK_RE), cfg.depth, "depth", "blocks", source)
+    expect_count(indices(sd, _DIFF_BLOCK_RE), cfg.diff_depth, "diff_depth", "diffusion-head blocks", source)
+    for field, want, key, axis in (
+        ("embed_dim", cfg.width, "word_embed.weight", 0),
+        ("the tokenizer's z_channels", cfg.cvae, "word_embed.weight", 1),
+        ("context_dim", cfg.context_dim, "context_embed.weight", 1),
+        ("the tokenizer's vocab_size", cfg.vocab, "head.weight", 0),
+        ("diff_width", cfg.diff_width, "diffloss.net.input_proj.weight", 0),
+        ("the FFN width from mlp_ratio", cfg.mlp_hidden, "blocks.0.ffn.gate_proj.weight", 0),
+        ("the number of patch_nums", None if cfg.use_timestep_embed else cfg.num_scales, "lvl_embed.weight", 0),
+    ):
+        if want is not None:
+            expect_dim(sd, key, axis, want, field, source)
 
 
 def load_hart(folder: str | os.PathLike, use_ema: bool = True,
@@ -112,22 +163,30 @@ def load_hart(folder: str | os.PathLike, use_ema: bool = True,
     """Build the HART the folder's config.json describes and load its weights strictly (fp32).
 
     As upstream's sample.py: the folder's weights, then, with ``use_ema``, ``ema_model.bin`` over them
-    (both must match the model exactly; unused training buffers are dropped)."""
+    (both must match the model exactly; unused training buffers are dropped). The config's numbers are
+    bounded and compared with the tensors before the model is built (on the meta device); the weights that
+    are loaded are checked finite one tensor at a time."""
     folder = Path(folder)
     cfg = hart_config_from_folder(folder, tokenizer)
+    sd, path = read_hf_weights(folder, _transformer_key)
+    _check_transformer_shapes(cfg, sd, f"{folder / 'config.json'} and {path}")
     with torch.device("meta"):
         model = HART(cfg)
-    sd, path = read_hf_weights(folder)
-    sd = _transformer_dict(sd)
-    _check_strict(model, sd, f"HART transformer ({path.name})")
+    _check_strict(model, sd, f"HART transformer checkpoint {path}")
     if use_ema:
-        ema_path = folder / EMA_FILE
-        if not ema_path.exists():
+        path = folder / EMA_FILE
+        if not path.exists():
             raise CheckpointError(f"{folder} has no {EMA_FILE} (use_ema=True loads it over the weights, as "
                                   "upstream's sample.py does); pass use_ema=False to use the plain weights")
-        sd = _transformer_dict(_tensors_only(read_state_dict(ema_path), ema_path))
-        _check_strict(model, sd, f"HART transformer ({EMA_FILE})")
-    return load_into_meta(model, sd, "HART transformer").eval()
+        sd = _read_kept(path, _transformer_key)
+        _check_transformer_shapes(cfg, sd, f"{folder / 'config.json'} and {path}")
+        _check_strict(model, sd, f"HART transformer checkpoint {path}")
+    return load_into_meta(model, sd, f"HART transformer checkpoint {path}").eval()
+
+
+def _tokenizer_key(key: str) -> bool:
+    """Whether decoding reads this key of the tokenizer (``vae.`` prefix removed): not the encoder's."""
+    return not key.startswith(_TOKENIZER_IGNORED)
 
 
 def _tokenizer_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -138,26 +197,32 @@ def _tokenizer_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             if not k.startswith("vae."):
                 continue  # the discriminator (disc.*)
             k = k[len("vae."):]
-        if k.startswith(_TOKENIZER_IGNORED):
-            continue
-        out[k] = v
+        if _tokenizer_key(k):
+            out[k] = v
     return out
 
 
+def _check_tokenizer_shapes(cfg: HARTTokenizerConfig, sd: Mapping[str, torch.Tensor], source: str) -> None:
+    expect_count(indices(sd, _LEVEL_RE), len(cfg.ch_mult), "len(ch_mult)", "decoder levels", source)
+    expect_count(indices(sd, _SHARED_RE), cfg.share_quant_resi, "share_quant_resi", "shared convolutions", source)
+    expect_dim(sd, "quantize.embedding.weight", 0, cfg.vocab, "vocab_size", source)
+    expect_dim(sd, "quantize.embedding.weight", 1, cfg.cvae, "z_channels", source)
+    expect_dim(sd, "decoder.conv_out.weight", 1, cfg.ch * cfg.ch_mult[0], "ch x ch_mult[0]", source)
+
+
 def load_hart_tokenizer(folder: str | os.PathLike) -> HARTTokenizer:
-    """The decode side of upstream's tokenizer folder, loaded strictly (encoder and discriminator ignored)."""
+    """The decode side of upstream's tokenizer folder, loaded strictly (encoder and discriminator ignored),
+    built on the meta device only after its config is compared with the tensors; weights checked finite."""
     folder = Path(folder)
-    hf = read_hf_config(folder, HF_TOKENIZER_TYPE)
-    try:
-        cfg = tokenizer_from_hf_config(hf)
-    except ValueError as err:
-        raise CheckpointError(f"{folder / 'config.json'}: {err}") from None
-    sd, path = read_hf_weights(folder)
-    sd = _tokenizer_dict(sd)
-    tok = HARTTokenizer(cfg)
-    _check_strict(tok, sd, f"HART tokenizer ({path.name})")
-    tok.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
-    return tok.eval()
+    cfg = _tokenizer_config(folder)
+    raw, path = read_hf_weights(folder, lambda k: True)
+    sd = _tokenizer_dict(raw)
+    source = f"HART tokenizer checkpoint {path}"
+    _check_tokenizer_shapes(cfg, sd, f"{folder / 'config.json'} and {path}")
+    with torch.device("meta"):
+        tok = HARTTokenizer(cfg)
+    _check_strict(tok, sd, source)
+    return load_into_meta(tok, sd, source).eval()
 
 
 def load_hart_pair(root: str | os.PathLike, use_ema: bool = True) -> tuple[HART, HARTTokenizer]:

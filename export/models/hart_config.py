@@ -9,7 +9,27 @@ context prefix. A config asking for another branch is refused with the key named
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
+
+from fastvar.export.models.config_fields import ConfigFields
+from fastvar.export.models.limits import (
+    CHANNEL_MULT,
+    CHANNELS,
+    CODE_CHANNELS,
+    CODEBOOK,
+    DEPTH,
+    DIFF_DEPTH,
+    DIFF_STEPS,
+    HEADS,
+    LEVELS,
+    SCALES,
+    SHARED_CONVS,
+    SIDE,
+    TEXT_CHANNELS,
+    TEXT_TOKENS,
+    WIDTH,
+)
 
 HF_MODEL_TYPE = "hart_transformer_t2i"
 HF_TOKENIZER_TYPE = "hart_autoencoder_with_disc"
@@ -183,52 +203,68 @@ _HF_DEFAULTS = {"attn_type": "gpt2", "mlp_type": "gpt2", "disable_aln": False, "
                 "patch_nums": (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)}
 
 
+def _is(value, built) -> bool:
+    """Equal and of the same JSON type (Python takes ``true`` for 1 and ``1`` for ``true``)."""
+    return type(value) is type(built) and value == built
+
+
 def unsupported(hf: dict) -> list[str]:
     """The switches of an upstream config that select a branch this reference does not build."""
     out = [f"{k}={hf.get(k, _HF_DEFAULTS[k])!r} (built: {v!r})" for k, v in _REQUIRED.items()
-           if hf.get(k, _HF_DEFAULTS[k]) != v]
-    if int(hf.get("context_token", _HF_DEFAULTS["context_token"])) <= 0:
+           if not _is(hf.get(k, _HF_DEFAULTS[k]), v)]
+    context = hf.get("context_token", _HF_DEFAULTS["context_token"])
+    if type(context) is int and context <= 0:
         out.append("context_token <= 0 (class-conditional HART; built: text-to-image)")
-    if int(hf.get("diffusion_head_repeats", 1)) != 1:
+    if not _is(hf.get("diffusion_head_repeats", 1), 1):
         out.append(f"diffusion_head_repeats={hf['diffusion_head_repeats']!r} (built: 1)")
     return out
 
 
 def parse_sampling_steps(value: str | int) -> int:
     """Upstream passes ``num_sampling_steps`` to its respacing as a string; one section ("8") is built."""
-    text = str(value).strip()
-    if not text.isdigit():
-        raise ValueError(f"num_sampling_steps={value!r}: only a single step count such as '8' is built")
+    text = value.strip() if isinstance(value, str) else str(value) if type(value) is int else ""
+    if not re.fullmatch(r"[0-9]{1,4}", text) or not DIFF_STEPS.holds(int(text)):
+        raise ValueError(f"num_sampling_steps={str(value)[:40]!r}: accepted: a single step count such as '8', "
+                         f"{DIFF_STEPS.accepted()}")
     return int(text)
 
 
 def from_hf_config(hf: dict, tokenizer: HARTTokenizerConfig | None = None, name: str = "hart-ckpt") -> HARTConfig:
-    """Build the config from upstream's ``config.json`` contents (missing keys take upstream's defaults)."""
-    def get(key: str):
-        return hf.get(key, _HF_DEFAULTS[key])
-
+    """Build the config from upstream's ``config.json`` contents (missing keys take upstream's defaults); every
+    value is type- and range-checked first (a ``ValueError`` naming the key)."""
+    f = ConfigFields(hf, _HF_DEFAULTS)
     tok = tokenizer or HARTTokenizerConfig()
     return HARTConfig(
-        name=name, depth=int(get("depth")), width=int(get("embed_dim")), heads=int(get("num_heads")),
-        mlp_ratio=float(get("mlp_ratio")), context_tokens=int(get("context_token")),
-        context_dim=int(get("context_dim")), patch_nums=tuple(int(p) for p in get("patch_nums")),
-        vocab=tok.vocab, cvae=tok.cvae, norm_eps=float(get("norm_eps")), attn_l2_norm=bool(get("attn_l2_norm")),
-        use_context_norm=bool(get("use_context_norm")), use_timestep_embed=bool(get("use_timestep_embed")),
-        diff_width=int(get("diff_width")), diff_depth=int(get("diff_depth")),
-        diff_steps=parse_sampling_steps(get("num_sampling_steps")), tokenizer=tok,
+        name=name, depth=f.int("depth", DEPTH), width=f.int("embed_dim", WIDTH), heads=f.int("num_heads", HEADS),
+        mlp_ratio=f.number("mlp_ratio", 0, 64, lo_open=True), context_tokens=f.int("context_token", TEXT_TOKENS),
+        context_dim=f.int("context_dim", TEXT_CHANNELS),
+        patch_nums=f.ints("patch_nums", SIDE, SCALES, increasing=True), vocab=tok.vocab, cvae=tok.cvae,
+        norm_eps=f.number("norm_eps", 0, 1, lo_open=True), attn_l2_norm=f.bool("attn_l2_norm"),
+        use_context_norm=f.bool("use_context_norm"), use_timestep_embed=f.bool("use_timestep_embed"),
+        diff_width=f.int("diff_width", WIDTH), diff_depth=f.int("diff_depth", DIFF_DEPTH),
+        diff_steps=parse_sampling_steps(f.raw("num_sampling_steps")), tokenizer=tok,
     )
 
 
+_T = HARTTokenizerConfig()
+# Upstream's HARTAutoEncoderConfig keys and defaults (ours), for keys a tokenizer config.json may omit.
+_TOKENIZER_DEFAULTS = {"vocab_size": _T.vocab, "z_channels": _T.cvae, "ch": _T.ch, "ch_mult": _T.ch_mult,
+                       "quant_resi": _T.quant_resi, "share_quant_resi": _T.share_quant_resi, "quant_conv_ks": 3}
+
+
 def tokenizer_from_hf_config(hf: dict) -> HARTTokenizerConfig:
-    """The tokenizer geometry from upstream's tokenizer ``config.json`` (HARTAutoEncoderConfig keys)."""
-    d = HARTTokenizerConfig()
-    if int(hf.get("quant_conv_ks", 3)) != 3:
+    """The tokenizer geometry from upstream's tokenizer ``config.json`` (HARTAutoEncoderConfig keys), every
+    value type- and range-checked first (a ``ValueError`` naming the key)."""
+    f = ConfigFields(hf, _TOKENIZER_DEFAULTS)
+    if not _is(f.raw("quant_conv_ks"), 3):
         raise ValueError(f"quant_conv_ks={hf['quant_conv_ks']!r}: only 3x3 quant convolutions are built")
+    ch, ch_mult = f.int("ch", CHANNELS), f.ints("ch_mult", CHANNEL_MULT, LEVELS)
+    if ch * max(ch_mult) > CHANNELS.hi:
+        raise ValueError(f"ch={ch} with ch_mult={list(ch_mult)} gives {ch * max(ch_mult)} channels; accepted: "
+                         f"at most {CHANNELS.hi} ({CHANNELS.why})")
     return HARTTokenizerConfig(
-        vocab=int(hf.get("vocab_size", d.vocab)), cvae=int(hf.get("z_channels", d.cvae)), ch=int(hf.get("ch", d.ch)),
-        ch_mult=tuple(int(m) for m in hf.get("ch_mult", d.ch_mult)),
-        quant_resi=float(hf.get("quant_resi", d.quant_resi)),
-        share_quant_resi=int(hf.get("share_quant_resi", d.share_quant_resi)),
+        vocab=f.int("vocab_size", CODEBOOK), cvae=f.int("z_channels", CODE_CHANNELS), ch=ch, ch_mult=ch_mult,
+        quant_resi=f.number("quant_resi", -1, 1), share_quant_resi=f.int("share_quant_resi", SHARED_CONVS),
     )
 
 
