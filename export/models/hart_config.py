@@ -252,12 +252,19 @@ _TOKENIZER_DEFAULTS = {"vocab_size": _T.vocab, "z_channels": _T.cvae, "ch": _T.c
                        "quant_resi": _T.quant_resi, "share_quant_resi": _T.share_quant_resi, "quant_conv_ks": 3}
 
 
+# Upstream's quantizers that share VAR's residual codebook lookup (the release folder names "var_hybrid").
+_QUANTIZERS = ("var", "var_hybrid")
+
+
 def tokenizer_from_hf_config(hf: dict) -> HARTTokenizerConfig:
     """The tokenizer geometry from upstream's tokenizer ``config.json`` (HARTAutoEncoderConfig keys), every
     value type- and range-checked first (a ``ValueError`` naming the key)."""
     f = ConfigFields(hf, _TOKENIZER_DEFAULTS)
     if not _is(f.raw("quant_conv_ks"), 3):
         raise ValueError(f"quant_conv_ks={hf['quant_conv_ks']!r}: only 3x3 quant convolutions are built")
+    if "quantizer_type" in hf and not any(_is(hf["quantizer_type"], q) for q in _QUANTIZERS):
+        raise ValueError(f"quantizer_type={str(hf['quantizer_type'])[:40]!r}: accepted: "
+                         f"{' or '.join(map(repr, _QUANTIZERS))} (the residual VQ whose codebook decoding reads)")
     ch, ch_mult = f.int("ch", CHANNELS), f.ints("ch_mult", CHANNEL_MULT, LEVELS)
     if ch * max(ch_mult) > CHANNELS.hi:
         raise ValueError(f"ch={ch} with ch_mult={list(ch_mult)} gives {ch * max(ch_mult)} channels; accepted: "

@@ -132,6 +132,8 @@ _WRONG = [
     ("tokenizer", "quant_resi", "0.5", "quant_resi='0.5': accepted: a finite number in [-1, 1]"),
     ("tokenizer", "quant_conv_ks", None, "quant_conv_ks=None: only 3x3"),
     ("tokenizer", "ch", 33, "GroupNorm(32) needs every level's channels"),
+    ("tokenizer", "quantizer_type", "var_hybridx", "quantizer_type='var_hybridx': accepted: 'var' or 'var_hybrid'"),
+    ("tokenizer", "quantizer_type", 1, "quantizer_type='1': accepted"),
 ]
 
 
