@@ -71,6 +71,9 @@ def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor | Cal
 
 
 def read_header(path: str | os.PathLike) -> dict:
+    """The store's safetensors header, every entry checked (dtype, shape, offsets inside the file, size equal
+    to what shape and dtype need) before any tensor is read: the header is data from a file, and a wrong one
+    must be an error naming the entry, not a reshape failure or a read past the end."""
     path = Path(path)
     with open(path, "rb") as f:
         head = f.read(8)
@@ -81,15 +84,43 @@ def read_header(path: str | os.PathLike) -> dict:
             raise StoreError(f"{path} has an implausible header size ({n} bytes): not a weight store")
         try:
             header = json.loads(f.read(n))
-        except ValueError:
+        except (ValueError, RecursionError):
             raise StoreError(f"{path}: unreadable safetensors header") from None
+    if not isinstance(header, dict):
+        raise StoreError(f"{path}: the safetensors header is a {type(header).__name__}, not an object")
     header.pop("__metadata__", None)
     size = path.stat().st_size
+    for key, info in header.items():
+        _check_entry(path, key, info, size - 8 - n)
     end = max((v["data_offsets"][1] for v in header.values()), default=0)
     if 8 + n + end != size:
         raise StoreError(f"{path} is {size} bytes, its header describes {8 + n + end}: truncated or corrupted")
     header["__data_start__"] = 8 + n
     return header
+
+
+def _is_count(v) -> bool:
+    return type(v) is int and 0 <= v
+
+
+def _check_entry(path: Path, key: str, info, data_bytes: int) -> None:
+    """One header entry: a known dtype, a shape of non-negative ints, offsets inside the data that span exactly
+    the bytes the shape needs."""
+    where = f"{path}: weight {key[:120]!r}"
+    if not isinstance(info, dict):
+        raise StoreError(f"{where}: its header entry is a {type(info).__name__}, not an object")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in _TORCH_DTYPES:
+        raise StoreError(f"{where}: dtype {str(dtype)[:40]!r}; accepted: {', '.join(sorted(_TORCH_DTYPES))}")
+    if not isinstance(shape, list) or len(shape) > 8 or not all(_is_count(d) for d in shape):
+        raise StoreError(f"{where}: shape {str(shape)[:80]} is not a list of at most 8 non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)
+            and offsets[0] <= offsets[1] <= data_bytes):
+        raise StoreError(f"{where}: data_offsets {str(offsets)[:80]} are not [start, end] inside the file's "
+                         f"{data_bytes} data bytes")
+    need = int(np.prod(shape, dtype=object)) * _TORCH_DTYPES[dtype].itemsize
+    if offsets[1] - offsets[0] != need:
+        raise StoreError(f"{where}: {offsets[1] - offsets[0]} bytes stored, its shape {shape} of {dtype} needs {need}")
 
 
 def read_store(path: str | os.PathLike, keys: Iterable[str] | None = None) -> dict[str, torch.Tensor]:

@@ -54,3 +54,42 @@ def test_a_re_hashed_store_holding_a_non_finite_weight_is_refused_at_load(artifa
     assert not (tmp_path / "x.png").exists()
     r = invoke(validate_cmd, [root, "--no-e2e"])
     assert_refused(r, f"weight '{KEY}' holds non-finite values")
+
+
+def _rewrite_header(root, edit) -> str:
+    """Apply ``edit`` to the store's safetensors header (same data after it) and re-record size and sha256."""
+    m = json.loads((root / "manifest.json").read_text())
+    rel = m["weights"][0]["path"]
+    raw = (root / rel).read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = edit(json.loads(raw[8:8 + n]))
+    blob = json.dumps(header).encode()
+    (root / rel).write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n:])
+    m["weights"][0].update(file_record(root, root / rel))
+    (root / "manifest.json").write_text(json.dumps(m))
+    return rel
+
+
+def _set(field, value):
+    def edit(header):
+        header[KEY][field] = value
+        return header
+    return edit
+
+
+@pytest.mark.parametrize("edit,named", [
+    (lambda h: [h], "the safetensors header is a list, not an object"),
+    (lambda h: {**h, KEY: "F32"}, f"weight '{KEY}': its header entry is a str"),
+    (_set("dtype", "F64x"), "dtype 'F64x'; accepted:"),
+    (_set("shape", [-1]), "shape [-1] is not a list of at most 8 non-negative integers"),
+    (_set("shape", [2**40, 2**40]), "needs"),
+    (_set("data_offsets", [0]), "data_offsets [0] are not [start, end] inside the file's"),
+    (_set("data_offsets", [10, 2]), "data_offsets [10, 2] are not [start, end]"),
+    (_set("data_offsets", [0, 2**62]), "are not [start, end] inside the file's"),
+], ids=["list", "entry-str", "dtype", "negative-shape", "huge-shape", "one-offset", "reversed", "past-end"])
+def test_a_re_hashed_store_with_a_malformed_header_is_refused_naming_the_entry(artifact, tmp_path, edit, named):
+    """The header is read from a file: each entry is checked before a tensor is read (class 12)."""
+    root = shutil.copytree(artifact, tmp_path / "a")
+    rel = _rewrite_header(root, edit)
+    r = invoke(run_cmd, [root, "--seed", "0", "--out", tmp_path / "x.png"])
+    assert_refused(r, str(root / rel), named)
