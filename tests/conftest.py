@@ -12,7 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("FASTVAR_FIXTURES", REPO.parent / "shared" / "fixtures"))
 OFFICIAL = FIXTURES / "infinity-official-d16w64"
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# pytest-xdist workers (the README's command runs one per core) share the cores: each takes its part.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 
 @pytest.fixture(scope="session")
