@@ -91,7 +91,7 @@ def model_options(default_model: str):
 @click.option("--text-embeddings", type=click.Path(), help="Text encoder states .npy (L, D) or (B, L, D). "
               "Without it a fixed seeded embedding stands in.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the sampling noise; image i of the "
-              "batch uses seed + i, so an image does not depend on the others.")
+              "batch uses seed + i, so its noise does not depend on the others.")
 @click.option("--cfg", type=float, default=None, help=f"Classifier-free guidance scale [default: {DEFAULT_CFG:g}, "
               f"HART {HART_DEFAULT_CFG:g}; {INFINITY.unguided_cfg:g} (HART: {HART.unguided_cfg:g}) for an artifact "
               "exported without guidance].")
