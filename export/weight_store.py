@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from fastvar.atomic import atomic_path
+from fastvar.export.models.state_dict_checks import non_finite
 from fastvar.export.onnx_export import TRANSPOSED_SUFFIX
 
 _ST_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int64: "I64",
@@ -149,7 +150,6 @@ def _check_finite(path: str | os.PathLike, key: str, t: torch.Tensor) -> None:
     """Refuse a stored weight holding NaN or infinity, as it is loaded. Export refuses such checkpoints, so
     only an artifact exported by an older version (its hashes intact) can hold one: without this it would
     run and write a meaningless image."""
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        raise StoreError(f"{path}: weight {key!r} holds non-finite values ({int(torch.isnan(t).sum())} NaN, "
-                         f"{int(torch.isinf(t).sum())} infinite); the artifact was exported from a damaged "
-                         "checkpoint: re-export it from one whose weights are finite")
+    if (counts := non_finite(t)) is not None:
+        raise StoreError(f"{path}: weight {key!r} holds non-finite values ({counts}); the artifact was exported "
+                         "from a damaged checkpoint: re-export it from one whose weights are finite")

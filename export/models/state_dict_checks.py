@@ -102,10 +102,16 @@ def _summary(found: set[int]) -> str:
     return ", ".join(map(str, s[:8])) + (f", ... ({len(s)} in all, up to {s[-1]})" if len(s) > 8 else "")
 
 
+def non_finite(t: torch.Tensor) -> str | None:
+    """How many NaN and infinite values a floating-point tensor holds, as words; None when all are finite.
+    The one test of a weight's values, for checkpoints and for an artifact's weight store alike."""
+    if not t.is_floating_point() or bool(torch.isfinite(t).all()):
+        return None
+    return f"{int(torch.isnan(t).sum())} NaN, {int(torch.isinf(t).sum())} infinite of {t.numel()}"
+
+
 def check_finite(key: str, t: torch.Tensor, source: str) -> None:
     """Refuse a weight holding NaN or infinity: it would give a meaningless image, not an error."""
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        nan = int(torch.isnan(t).sum())
-        raise CheckpointError(f"{source}: tensor {key!r} holds non-finite values ({nan} NaN, "
-                              f"{int(torch.isinf(t).sum())} infinite of {t.numel()}); the checkpoint is damaged "
-                              "or was saved from a diverged run")
+    if (counts := non_finite(t)) is not None:
+        raise CheckpointError(f"{source}: tensor {key!r} holds non-finite values ({counts}); the checkpoint is "
+                              "damaged or was saved from a diverged run")
