@@ -17,7 +17,7 @@ from fastvar.export.models.bsq_vae import to_uint8_image
 from fastvar.export.schedules import PrunePlan, ScaleSchedule, StepPlan
 from fastvar.runtime.clock import CudaClock, HostClock, clock_for
 from fastvar.runtime.loop import Geometry, HARTGeometry
-from fastvar.runtime.nonfinite import NonFiniteRows, RowFlags, failure_lines
+from fastvar.runtime.nonfinite import NonFiniteRows, RowFlags, failure_lines, non_finite_rows
 from fastvar.runtime.step_call import StepCall
 from fastvar.sampling import SamplingSettings
 
@@ -129,7 +129,7 @@ def generate(backend: Backend, sched: ScaleSchedule, plan: PrunePlan, geom: Geom
         if failed:  # the failed rows decode zeros: nothing non-finite reaches the decoder
             loop.state[sorted(failed)] = 0
         image = loop.decode(backend)
-        bad_image = ~torch.isfinite(image.reshape(batch, -1)).all(dim=1)
+        bad_image = non_finite_rows(image)
         images = to_uint8_image(image)
         failed |= {row: "the decoded image" for row in bad_image.nonzero().flatten().tolist() if row not in failed}
         if failed and not allow_failed_rows:

@@ -13,7 +13,12 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["NonFiniteRows", "RowFlags", "failed_records", "failure_lines", "raise_for_failed_rows"]
+__all__ = ["NonFiniteRows", "RowFlags", "non_finite_rows", "failed_records", "failure_lines", "raise_for_failed_rows"]
+
+
+def non_finite_rows(values: torch.Tensor) -> torch.Tensor:
+    """(B,) bool on the device: which rows of batch-major ``values`` hold a NaN or infinity."""
+    return ~torch.isfinite(values.reshape(values.shape[0], -1)).all(dim=1)
 
 
 class RowFlags:
@@ -30,7 +35,7 @@ class RowFlags:
             raise RuntimeError(f"{place}: {values.shape[0]} rows, the batch has {self.batch}")
         code = len(self.places)
         self.places.append(place)
-        bad = ~torch.isfinite(values.reshape(self.batch, -1)).all(dim=1)
+        bad = non_finite_rows(values)
         if self.first is None:
             self.first = torch.full((self.batch,), -1, dtype=torch.int64, device=values.device)
         self.first = self.first.masked_fill(bad.to(self.first.device) & (self.first < 0), code)
