@@ -61,10 +61,7 @@ class MemoryPlan:
         return f"{self.model} {h}x{w} b{self.batch} {self.precision} {self.schedule}"
 
     def item(self, name: str) -> MemoryItem:
-        for it in self.items:
-            if it.name == name:
-                return it
-        raise KeyError(f"no item {name!r}; items: {', '.join(i.name for i in self.items)}")
+        return find_item(self.items, name)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -97,12 +94,24 @@ class MemoryPlan:
         budget = gpu_gib * GIB
         if self.total <= budget:
             return
-        largest = sorted(self.items, key=lambda it: it.bytes, reverse=True)[:3]
-        names = ", ".join(f"{it.name} {it.bytes / GIB:.2f} GiB" for it in largest)
         raise PlanDoesNotFit(
             f"{self.label} needs {self.total / GIB:.2f} GiB but the budget is {gpu_gib:.2f} GiB: "
-            f"short by {(self.total - budget) / GIB:.2f} GiB; largest items: {names}"
+            f"short by {(self.total - budget) / GIB:.2f} GiB; largest items: {largest_items(self.items)}"
         )
+
+
+def find_item(items, name: str):
+    """The plan item called ``name`` (device and run plans alike)."""
+    for it in items:
+        if it.name == name:
+            return it
+    raise KeyError(f"no item {name!r}; items: {', '.join(i.name for i in items)}")
+
+
+def largest_items(items, n: int = 3) -> str:
+    """The ``n`` largest items with their sizes, for a refusal's message."""
+    biggest = sorted(items, key=lambda it: it.bytes, reverse=True)[:n]
+    return ", ".join(f"{it.name} {it.bytes / GIB:.2f} GiB" for it in biggest)
 
 
 # ---- counts ---------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -126,13 +126,18 @@ def _check_entry(path: Path, key: str, info, data_bytes: int) -> None:
 
 def read_store(path: str | os.PathLike, keys: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
     """Load tensors (all, or ``keys``) into memory once; CPU tensors that backends share."""
+    return dict(iter_store(path, keys))
+
+
+def iter_store(path: str | os.PathLike, keys: Iterable[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Tensors (all, or ``keys``) one at a time, each read when asked for: a backend that moves them to a GPU
+    stages one tensor on the host at a time, not the whole store."""
     header = read_header(path)
     start = header.pop("__data_start__")
     wanted = list(header) if keys is None else list(keys)
     missing = [k for k in wanted if k not in header]
     if missing:
         raise StoreError(f"{path} lacks weights the graphs bind: {missing[:5]}{' …' if len(missing) > 5 else ''}")
-    out = {}
     with open(path, "rb") as f:
         for k in wanted:
             info = header[k]
@@ -142,8 +147,7 @@ def read_store(path: str | os.PathLike, keys: Iterable[str] | None = None) -> di
             dtype = _TORCH_DTYPES[info["dtype"]]
             t = torch.from_numpy(buf).view(dtype).reshape(info["shape"])
             _check_finite(path, k, t)
-            out[k] = t
-    return out
+            yield k, t
 
 
 def _check_finite(path: str | os.PathLike, key: str, t: torch.Tensor) -> None:

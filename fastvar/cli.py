@@ -106,10 +106,15 @@ def model_options(default_model: str):
 @click.option("--force-tokens", type=click.Path(), help="Teacher forcing: npz in --save-tokens layout replaces "
               "sampling at every scale it covers.")
 @click.option("--timings", type=click.Path(), help="Write where the time went (load_s, loop_s, decode_s, steps).")
+@click.option("--max-memory", type=FiniteRange(min=0, min_open=True), help="With ARTIFACT: GiB of host memory the "
+              "run may use, instead of what this machine reports (the cgroup's limit less its use, else "
+              "MemAvailable). A run whose memory plan exceeds it is refused before anything is loaded.")
+@click.option("--plan", "plan_only", is_flag=True, help="With ARTIFACT: print the memory plan of this run (the "
+              "backend and device it would use) and whether it fits, then exit.")
 @click.pass_context
 def run_cmd(ctx, artifact, backend, device, model_name, ckpt, vae_path, random_init, depth, weights_seed, res, aspect,
             schedule, precision, batch, text_embeddings, seed, cfg, more_smooth, tau, out, save_tokens, save_logits,
-            force_tokens, timings) -> None:
+            force_tokens, timings, max_memory, plan_only) -> None:
     """Generate images: with ARTIFACT (a fastvar-export directory) run its compiled graphs; without it,
     run the PyTorch reference directly (no compilation needed).
 
@@ -136,16 +141,24 @@ def run_cmd(ctx, artifact, backend, device, model_name, ckpt, vae_path, random_i
             _fail(f"{', '.join(given)}: the artifact {artifact} fixes the model, resolution, schedule, precision "
                   "and batch; these flags belong to the direct reference run (without ARTIFACT)")
         try:
+            if plan_only:
+                from fastvar.runtime.artifact_run import print_plan
+
+                print_plan(artifact, backend, device, max_memory, log=click.echo)
+                return
             report = run_artifact(artifact, out, backend=backend, text_embeddings=text_embeddings, seed=seed, cfg=cfg,
                                   tau=tau, save_tokens=save_tokens, save_logits=save_logits,
                                   force_tokens=force_tokens, timings=timings, device=device,
-                                  more_smooth=more_smooth, log=click.echo)
+                                  more_smooth=more_smooth, max_memory=max_memory, log=click.echo)
         except NonFiniteRows as err:
             _fail_rows(err)
         except (ValueError, OSError, ImportError) as err:
             _fail(str(err))
         click.echo(f"wrote {', '.join(str(p) for p in report['images'])}")
         return
+    if max_memory is not None or plan_only:
+        _fail("--max-memory and --plan need an ARTIFACT directory (the plan is read from its graphs); for a model "
+              "before export use fastvar-export --plan")
     if ctx.get_parameter_source("backend") == click.core.ParameterSource.COMMANDLINE and backend != "torch":
         _fail("--backend needs an ARTIFACT directory (fastvar-export writes one); without it fastvar-run runs the "
               "PyTorch reference")
@@ -208,6 +221,14 @@ def export_cmd(model_name, ckpt, vae_path, random_init, depth, weights_seed, res
         if plan_only:
             mem = plan_memory(opts)
             click.echo(mem.table())
+            from fastvar.runtime.memory_budget import formula_figures, plan_run
+
+            run_on = ("onnxruntime", "cpu") if backend == "onnxruntime" else ("tensorrt", "cuda")
+            for p in plan_run(formula_figures(mem), *run_on):
+                if p is not None:
+                    click.echo(p.table())
+            click.echo("the run's plan before export uses the formula estimates above; fastvar-run DIR --plan "
+                       "reads the exported graphs")
             if gpu_memory is not None:
                 mem.check_fits(gpu_memory)
                 click.echo(f"fits in {gpu_memory:g} GiB")

@@ -31,6 +31,9 @@ NOISE = "noise"
 LOGITS = "logits"
 BITS = "bits"
 HIDDEN = "hidden"  # HART: the last step's hidden states, the diffusion head's input
+# The inputs a graph's activations flow from (the rest are state: weights, caches, conditioning, noise); see
+# fastvar.graph_memory.stream_last
+STREAM_INPUTS = frozenset({CODES, X_IN, SOS, HIDDEN})
 
 # HART's diffusion, next-input and decoder graphs
 DISCRETE = "discrete"

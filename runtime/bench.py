@@ -4,7 +4,9 @@ For each resolution and schedule the artifact is exported (or found up to date),
 generates the same image ``warmup + runs`` times through the one chain loop. Reported per configuration:
 median and spread of the transformer loop (conditioning, steps, sampling, codes) and end to end (plus the
 VAE decode, which costs the same under every schedule), per-step medians, the runtime's own overhead
-(loop time outside graph calls), the KV-cache bytes and the peak resident memory of that configuration.
+(loop time outside graph calls), the KV-cache bytes and the peak resident memory of that configuration (its
+loading and runs; the loop's and the decoder's peaks apart; the anonymous part) beside its host memory plan
+(``runtime.memory_budget``), which is checked before the configuration loads.
 Then the ratios pair by pair, the compute ceiling of each schedule pair (multiply-adds counted from the
 schedule), the achieved FLOP rate against a dense-GEMM peak measured in the same run, and, over a
 resolution sweep, the exponent of cost in pixel count. Ratios are only ever taken within one run.
@@ -46,6 +48,8 @@ from fastvar.runtime.backends import open_backend
 from fastvar.runtime.chain import GenerationResult, generate
 from fastvar.runtime.flops import step_macs
 from fastvar.runtime.io import load_text_embeddings
+from fastvar.runtime.memory_budget import check_run_memory, plan_for_artifact
+from fastvar.runtime.memory_probe import PhasePeaks, process_memory, reset_peak
 from fastvar.runtime.timing import Timing, time_generations
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
@@ -76,7 +80,11 @@ class Config:
     timing: Timing = field(default_factory=Timing)
     graph_s: list[float] = field(default_factory=list)  # each timed run's time inside the loop's graphs
     kv_bytes: int = 0
-    peak_rss_bytes: int = 0
+    peak_rss_bytes: int = 0  # the configuration's own peak: loading and every run
+    peak_loop_bytes: int = 0  # the largest peak of the conditioning and any step
+    peak_decode_bytes: int = 0
+    peak_anonymous_bytes: int = 0  # the peak less the file-backed pages resident at the end
+    planned_peak_bytes: int = 0  # runtime.memory_budget's host plan of this backend and device
     macs: int = 0
     pixels: int = 0
 
@@ -92,30 +100,11 @@ class Config:
             "e2e_median_s": e2e, "e2e_min_s": min(e2e_s), "e2e_max_s": max(e2e_s),
             "runtime_overhead_share": statistics.median(overhead), "steps_median_s": self.timing.steps_median(),
             "kv_cache_bytes": self.kv_bytes, "peak_rss_bytes": self.peak_rss_bytes,
+            "peak_loop_bytes": self.peak_loop_bytes, "peak_decode_bytes": self.peak_decode_bytes,
+            "peak_anonymous_bytes": self.peak_anonymous_bytes, "planned_peak_bytes": self.planned_peak_bytes,
+            "peak_vs_plan": (self.peak_rss_bytes - self.planned_peak_bytes) / max(self.planned_peak_bytes, 1),
             "gmacs": self.macs / 1e9, "achieved_gflops": 2 * self.macs / loop / 1e9,
         }
-
-
-def _reset_peak_rss() -> bool:
-    """Linux lets a process reset its own high-water mark: each configuration gets its own peak."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss() -> int:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def gemm_peak_gflops(n: int = 1024, k: int = 2048, m: int = 8192, repeats: int = 3) -> float:
@@ -162,9 +151,14 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
             macs = step_macs(model_config(art), plan, rows, m.batch, m.text_len)
             settings = artifact_sampling(art)
             for backend in opts.backends:
-                _reset_peak_rss()
-                be = open_backend(engine_art if backend == "tensorrt" else art, backend, _device(backend))
-                c = Config(res, spec, backend, macs=sum(m.macs for m in macs), pixels=m.pixels[0] * m.pixels[1])
+                run_art = engine_art if backend == "tensorrt" else art
+                host, gpu = plan_for_artifact(run_art, backend, _device(backend))
+                check_run_memory(host, gpu)  # a configuration that cannot fit is refused before it loads
+                gc.collect()
+                reset_peak()  # each configuration gets its own peak
+                be = open_backend(run_art, backend, _device(backend))
+                c = Config(res, spec, backend, macs=sum(m.macs for m in macs), pixels=m.pixels[0] * m.pixels[1],
+                           planned_peak_bytes=host.peak)
                 _measure(c, be, family.loop_graphs, functools.partial(generate, be, sched, plan, geom, *text, settings),
                          opts)
                 configs.append(c)
@@ -181,19 +175,27 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
     return report
 
 
-def _measure(c: Config, be, loop_graphs: tuple[str, ...], generate_once: Callable[[], GenerationResult],
+def _measure(c: Config, be, loop_graphs: tuple[str, ...], generate_once: Callable[..., GenerationResult],
              opts: BenchOptions) -> None:
     """Time ``opts.warmup + opts.runs`` generations into ``c``, with the time each spends in the loop's graphs
     (the rest of the loop is the runtime's own overhead)."""
+    peaks = [process_memory().peak]  # loading
+
     def once() -> GenerationResult:
         g0 = be.graph_seconds(loop_graphs)
-        out = generate_once()
+        probe = PhasePeaks()
+        out = generate_once(memory=probe)
         c.graph_s.append(be.graph_seconds(loop_graphs) - g0)
+        c.peak_loop_bytes = max(c.peak_loop_bytes, probe.peak("conditioning"), probe.peak("step"))
+        c.peak_decode_bytes = max(c.peak_decode_bytes, probe.peak("decode"))
+        peaks.append(probe.peak())
         return out
 
     c.timing = time_generations(once, opts.warmup, opts.runs)
     c.graph_s = c.graph_s[opts.warmup:]
-    c.kv_bytes, c.peak_rss_bytes = be.kv_bytes, _peak_rss()
+    now = process_memory()
+    c.kv_bytes, c.peak_rss_bytes = be.kv_bytes, max(*peaks, now.peak)
+    c.peak_anonymous_bytes = c.peak_rss_bytes - now.file
 
 
 @dataclass(frozen=True)
@@ -283,13 +285,16 @@ def _report(opts: BenchOptions, configs: list[Config], peak: float) -> dict:
 def table(report: dict) -> str:
     peak = report["machine"]["gemm_peak_gflops"]
     lines = [f"{'res':>5} {'schedule':>10} {'backend':>11} {'loop s':>8} {'spread':>15} {'e2e s':>7} "
-             f"{'GFLOP/s':>8} {'eff':>5} {'overhead':>8} {'KV MiB':>7} {'peak MiB':>8}"]
+             f"{'GFLOP/s':>8} {'eff':>5} {'overhead':>8} {'KV MiB':>7} {'peak MiB':>8} {'loop':>6} {'decode':>6} "
+             f"{'plan':>6} {'vs plan':>7}"]
     for s in report["configs"]:
         lines.append(f"{s['resolution']:>5} {s['schedule']:>10} {s['backend']:>11} {s['loop_median_s']:8.3f} "
                      f"[{s['loop_min_s']:6.3f},{s['loop_max_s']:6.3f}] {s['e2e_median_s']:7.3f} "
                      f"{s['achieved_gflops']:8.1f} {s['achieved_gflops'] / peak:5.0%} "
                      f"{s['runtime_overhead_share']:8.1%} {s['kv_cache_bytes'] / 2**20:7.1f} "
-                     f"{s['peak_rss_bytes'] / 2**20:8.0f}")
+                     f"{s['peak_rss_bytes'] / 2**20:8.0f} {s['peak_loop_bytes'] / 2**20:6.0f} "
+                     f"{s['peak_decode_bytes'] / 2**20:6.0f} {s['planned_peak_bytes'] / 2**20:6.0f} "
+                     f"{s['peak_vs_plan']:+7.1%}")
     lines.append("")
     for r in report["ratios"]:
         if "compute_ceiling" in r:

@@ -17,6 +17,7 @@ from fastvar.export.models.bsq_vae import to_uint8_image
 from fastvar.export.schedules import PrunePlan, ScaleSchedule, StepPlan
 from fastvar.runtime.clock import CudaClock, HostClock, clock_for
 from fastvar.runtime.loop import Geometry, HARTGeometry
+from fastvar.runtime.memory_probe import PhasePeaks
 from fastvar.runtime.nonfinite import NonFiniteRows, RowFlags, failure_lines, non_finite_rows
 from fastvar.runtime.step_call import StepCall
 from fastvar.sampling import SamplingSettings
@@ -75,7 +76,7 @@ def _check_forced_keys(force_tokens: dict, plan: PrunePlan) -> None:
 def generate(backend: Backend, sched: ScaleSchedule, plan: PrunePlan, geom: Geometry | HARTGeometry, text: torch.Tensor,
              lengths: torch.Tensor, settings: SamplingSettings, force_tokens: dict[str, np.ndarray] | None = None,
              keep_logits: bool = False, clock: HostClock | CudaClock | None = None,
-             allow_failed_rows: bool = False) -> GenerationResult:
+             allow_failed_rows: bool = False, memory: PhasePeaks | None = None) -> GenerationResult:
     """Generate a batch of images; text (B, Lt, D) padded, lengths (B,), one row of ``settings`` per image.
 
     ``clock`` times the loop, each step and the decoder (default: CUDA events on the backend's stream on a
@@ -85,7 +86,10 @@ def generate(backend: Backend, sched: ScaleSchedule, plan: PrunePlan, geom: Geom
     or infinity fails: flagged on the device, read once after the loop. By default that raises
     ``NonFiniteRows`` (a caller needing every row: validation, benchmarks); with ``allow_failed_rows`` the
     result leaves the failed rows' images out and names them in ``failed`` (tokens and logits keep every
-    row: they are the evidence), and a batch whose every row failed is not decoded."""
+    row: they are the evidence), and a batch whose every row failed is not decoded.
+
+    ``memory`` (benchmarks, tests) records the resident peak of the conditioning, of each step and of the
+    decoder, each on its own."""
     batch = text.shape[0]
     if settings.batch != batch:
         raise ValueError(f"the sampling settings have {settings.batch} rows, the text {batch}")
@@ -96,8 +100,12 @@ def generate(backend: Backend, sched: ScaleSchedule, plan: PrunePlan, geom: Geom
     clock = clock or clock_for(backend)
     noise = loop.draw(settings.seeds)  # inputs fixed by the seeds: drawn before the timed loop
     t_start = clock.mark()
+    if memory is not None:
+        memory.start()
     backend.start(text, lengths, cfg_active=loop.guided(cfg))
     marks = [clock.mark()]  # the end of the conditioning, then of each step
+    if memory is not None:
+        memory.mark("conditioning")
     last_exec = plan.executed[-1].index
     tokens: dict[str, torch.Tensor] = {}
     logits_kept: dict[str, torch.Tensor] = {}
@@ -116,6 +124,8 @@ def generate(backend: Backend, sched: ScaleSchedule, plan: PrunePlan, geom: Geom
         for what, values in loop.advance(backend, st, drawn, noise, cfg).items():
             flags.check(f"{what} at {where}", values)
         marks.append(clock.mark())
+        if memory is not None:
+            memory.mark(f"step {st.index}")
     t_dec = marks[-1]
     flags.check("the decoder's input (the state after the last step)", loop.state)
     del noise, logits, sampled, drawn
@@ -135,6 +145,8 @@ def generate(backend: Backend, sched: ScaleSchedule, plan: PrunePlan, geom: Geom
         if failed and not allow_failed_rows:
             raise NonFiniteRows(failure_lines(failed, settings.seeds))
     t_end = clock.mark()
+    if memory is not None:
+        memory.mark("decode")
     clock.wait()
     rows = tuple(r for r in range(batch) if r not in failed)
     result = GenerationResult(images=images[list(rows)] if len(images) else images, rows=rows, failed=failed)

@@ -13,16 +13,29 @@ from fastvar.family import artifact_schedule, for_artifact
 BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch")
 
 
+def resolve_backend(art, backend: str = "auto") -> str:
+    """The backend ``open_backend`` will open: ``auto`` is TensorRT when engines are built and TensorRT imports,
+    else ONNX Runtime (the memory plan is checked for it before anything loads)."""
+    if backend not in BACKEND_CHOICES:
+        raise ValueError(f"unknown backend {backend!r}; accepted: {', '.join(BACKEND_CHOICES)}")
+    if backend == "auto":
+        engines = art.manifest.engines and importlib.util.find_spec("tensorrt") is not None
+        return "tensorrt" if engines else "onnxruntime"
+    return backend
+
+
+def run_device(backend: str, device: str) -> str:
+    """Where a backend computes: TensorRT on the GPU, the torch reference on the CPU, ONNX Runtime where
+    ``--device`` says."""
+    return {"tensorrt": "cuda", "torch": "cpu"}.get(backend, device)
+
+
 def open_backend(art, backend: str = "auto", device: str = "cpu"):
     """The backend that runs an artifact; ``auto`` takes TensorRT engines when built and importable,
     else ONNX Runtime. ``torch`` rebuilds the reference model from the source the manifest records."""
     from fastvar.manifest import ArtifactError
 
-    if backend not in BACKEND_CHOICES:
-        raise ValueError(f"unknown backend {backend!r}; accepted: {', '.join(BACKEND_CHOICES)}")
-    if backend == "auto":
-        engines = art.manifest.engines and importlib.util.find_spec("tensorrt") is not None
-        backend = "tensorrt" if engines else "onnxruntime"
+    backend = resolve_backend(art, backend)
     if backend == "tensorrt":
         if not art.manifest.engines:
             raise ArtifactError(f"{art.root} has no TensorRT engines: run fastvar-build {art.root} on the GPU machine "

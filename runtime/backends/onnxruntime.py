@@ -20,7 +20,8 @@ import torch
 
 from fastvar import graph_names as gn
 from fastvar.export.graphs import TORCH_DTYPES
-from fastvar.export.weight_store import read_store
+from fastvar.export.weight_store import iter_store
+from fastvar.graph_memory import stream_last
 from fastvar.manifest import Artifact, ArtifactError
 from fastvar.runtime.backends.graph import GraphBackend, check_input
 
@@ -81,11 +82,16 @@ class _Session:
             # reordered copy beside them (2.7x the weights measured). Extended fusions without it: 1x.
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         source: str | bytes = str(art.graph_path(name))
-        if art.has_plugin_nodes and rec.kind == "step":
-            from fastvar.plugins.restore.ort_op import for_onnxruntime, session_options
+        if rec.kind == "step":
+            model = onnx.load(source)
+            if art.has_plugin_nodes:
+                from fastvar.plugins.restore.ort_op import for_onnxruntime, session_options
 
-            source = for_onnxruntime(onnx.load(source)).SerializeToString()
-            so = session_options(so)
+                model = for_onnxruntime(model)
+                so = session_options(so)
+            # nodes off the activations' path first: ONNX Runtime then runs each block's work on its state
+            # (restore caches, weights) right before the block, not all of it up front (graph_memory.stream_last)
+            source = stream_last(model, gn.STREAM_INPUTS).SerializeToString()
         self.session = ort.InferenceSession(source, so, providers=_providers(device))
         self.io = self.session.io_binding()
         for w in rec.weights:
@@ -152,12 +158,17 @@ class OnnxRuntimeBackend(GraphBackend):
             raise ArtifactError(f"{art.root} is a {precision} artifact; the ONNX Runtime backend runs fp32 "
                                 "artifacts (its CPU provider has no bf16 kernels). Export with --precision fp32, "
                                 "or build TensorRT engines from it (fastvar-build)")
-        self.host_weights = read_store(art.weight_path())
-        self.weights = {k: ort.OrtValue.ortvalue_from_numpy(v.numpy(), device, 0)
-                        for k, v in self.host_weights.items()}
-        sessions = {name: _Session(art, name, self.weights, device, threads) for name in art.run_graphs()}
-        self._setup(art, torch.device("cuda" if device == "cuda" else "cpu"), sessions)
-        self.weight_bytes = sum(t.numel() * t.element_size() for t in self.host_weights.values()) + sum(
-            int(np.prod(shape)) * 4 for shape in self.sessions[gn.DECODER_GRAPH].initializer_shapes())
+        torch_device = torch.device("cuda" if device == "cuda" else "cpu")
         codebook = art.manifest.codebook
-        self.codebook = self.host_weights[codebook].to(self.device) if codebook else None
+        self.weights, self.codebook, store_bytes = {}, None, 0
+        # On the CPU an OrtValue wraps the tensor's memory (one copy); on the GPU each tensor is copied over as
+        # it is read, so the host stages one tensor at a time, never the whole store
+        for k, v in iter_store(art.weight_path()):
+            self.weights[k] = ort.OrtValue.ortvalue_from_numpy(v.numpy(), device, 0)
+            store_bytes += v.numel() * v.element_size()
+            if k == codebook:
+                self.codebook = v.to(torch_device)
+        sessions = {name: _Session(art, name, self.weights, device, threads) for name in art.run_graphs()}
+        self._setup(art, torch_device, sessions)
+        self.weight_bytes = store_bytes + sum(
+            int(np.prod(shape)) * 4 for shape in self.sessions[gn.DECODER_GRAPH].initializer_shapes())

@@ -31,7 +31,7 @@ import torch
 from fastvar import graph_names as gn
 from fastvar.compat import Machine, mismatches
 from fastvar.export.graphs import TORCH_DTYPES
-from fastvar.export.weight_store import read_store
+from fastvar.export.weight_store import iter_store
 from fastvar.manifest import Artifact, ArtifactError, sha256_file
 from fastvar.manifest_schema import EngineFile, TensorRecord
 from fastvar.runtime.backends.graph import GraphBackend, check_input
@@ -243,8 +243,8 @@ class TensorRTBackend(GraphBackend):
             self.stream_handle = self.stream.cuda_stream
         else:
             self.stream, self.stream_handle = None, 0
-        host = read_store(art.weight_path())
-        self.weights = {k: v.to(self.device) for k, v in host.items()}
+        # one tensor at a time through the host: loading never holds the whole store there
+        self.weights = {k: v.to(self.device) for k, v in iter_store(art.weight_path())}
         self.weight_bytes = sum(t.numel() * t.element_size() for t in self.weights.values())
         self.engines = {n: _Engine(self, n, engines[n]) for n in names}
         size = max(e.engine.device_memory_size_v2 for e in self.engines.values())

@@ -18,7 +18,12 @@ def test_plan_prints_the_memory_table_without_building_anything(tmp_path):
     for item in ("transformer weights", "KV cache", "restore caches", "peak step activations", "VAE decode",
                  "text encoder", "total"):
         assert item in r.output, item
+    assert "host memory plan: infinity-2b 1024x1024 b1 bf16 fastvar, onnxruntime on cpu" in r.output
+    assert "loop working memory" in r.output and "decoder working memory" in r.output
     assert not (tmp_path / "a").exists()
+    trt = _export(["--model", "infinity-2b", "--random-init", "--res", "1024", "--backend", "onnx", "--plan"])
+    assert trt.exit_code == 0, trt.output
+    assert ", tensorrt on cuda" in trt.output and "GPU memory plan" in trt.output and "load staging" in trt.output
 
 
 def test_gpu_memory_refuses_a_plan_that_does_not_fit_with_the_shortfall(tmp_path):

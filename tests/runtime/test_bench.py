@@ -55,6 +55,13 @@ def test_bench_reports_ratios_overhead_memory_and_plots(tiny_artifacts, tmp_path
         assert 0 <= c["runtime_overhead_share"] < 1
         assert c["peak_rss_bytes"] > c["kv_cache_bytes"] > 0
         assert len(c["steps_median_s"]) == (13 if c["schedule"] == "none" else 11)
+        # the loop's and the decoder's peaks apart, each within the configuration's, beside its plan
+        assert 0 < c["peak_loop_bytes"] <= c["peak_rss_bytes"] and 0 < c["peak_decode_bytes"] <= c["peak_rss_bytes"]
+        assert c["planned_peak_bytes"] > 0 and c["peak_vs_plan"] == pytest.approx(
+            (c["peak_rss_bytes"] - c["planned_peak_bytes"]) / c["planned_peak_bytes"])
+        assert 0 < c["peak_anonymous_bytes"] < c["peak_rss_bytes"]
+    ort = by[("fastvar", "onnxruntime")]  # the bench process holds more than a run does (torch, earlier configs)
+    assert ort["peak_decode_bytes"] > ort["peak_loop_bytes"]  # tiny: the decoder's 0.5 GiB is the largest graph
     assert by[("fastvar", "torch")]["kv_cache_bytes"] < by[("none", "torch")]["kv_cache_bytes"]
     pair = next(r for r in report["ratios"] if r.get("backend") == "onnxruntime" and "compute_ceiling" in r)
     n, f = by[("none", "onnxruntime")], by[("fastvar", "onnxruntime")]
