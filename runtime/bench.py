@@ -152,9 +152,9 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
             settings = artifact_sampling(art)
             for backend in opts.backends:
                 run_art = engine_art if backend == "tensorrt" else art
+                gc.collect()  # an export just done here (its traced modules hold the model in cycles) goes first
                 host, gpu = plan_for_artifact(run_art, backend, _device(backend))
                 check_run_memory(host, gpu)  # a configuration that cannot fit is refused before it loads
-                gc.collect()
                 reset_peak()  # each configuration gets its own peak
                 be = open_backend(run_art, backend, _device(backend))
                 c = Config(res, spec, backend, macs=sum(m.macs for m in macs), pixels=m.pixels[0] * m.pixels[1],
