@@ -142,7 +142,7 @@ def _tensor_bytes(rec) -> int:
 
 def artifact_figures(art, backend: str = "onnxruntime") -> Figures:
     """The plan's figures of an exported artifact: its weight store, its graphs' outputs and working memory (for
-    ONNX Runtime in the order it runs the graphs it is given; for the others in the files' order)."""
+    ONNX Runtime with every state value made first, the most its schedulers hold; else in the files' order)."""
     import onnx
 
     from fastvar.export.weight_store import read_header
