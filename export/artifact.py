@@ -26,7 +26,9 @@ from fastvar.atomic import TEMP_SUFFIX, atomic_write_bytes, atomic_write_json
 from fastvar.export.graphs import GraphDef, Shapes, weight_tensors
 from fastvar.export.memory_plan import MemoryPlan
 from fastvar.export.models.factory import ModelOptions, build_pair
+from fastvar.export.progress import ExportProgress, graph_costs
 from fastvar.export.schedules import PrunePlan, ScaleSchedule
+from fastvar.export.stamp import Forms, export_stamped
 from fastvar.family import for_model
 from fastvar.graph_io import interface_problems
 from fastvar.lock import LOCK, artifact_lock
@@ -85,6 +87,11 @@ class ModelSource:
             self._pair = build_pair(opts.model, opts.ckpt, opts.vae, False, opts.depth, 0, opts.precision)
             self.cfg = self._pair[0].cfg
             self.identity = {"kind": "checkpoint", **{k: file_identity(p) for k, p in files.items()}}
+
+    @property
+    def built(self) -> bool:
+        """Whether the model is in memory (a checkpoint is opened at once; random weights when first asked)."""
+        return self._pair is not None
 
     def pair(self) -> tuple:
         if self._pair is None:
@@ -249,29 +256,42 @@ def _write_artifact(opts: ExportOptions, root: Path, source, sched: ScaleSchedul
         unfinished()
     rebuilt, t_all = [], time.perf_counter()
     n = len(defs)
+    keys_of = {g.definition().name: graph_key(common, g.definition(), sched, plan, source.identity) for g in defs}
+    stale = [g for g in defs if not _still_good(root, old.get("graphs", {}).get(g.definition().name), g.definition(),
+                                                keys_of[g.definition().name], fam.name, source.cfg.depth)]
+    if stale and not source.built:  # before the graphs' clock starts, so the first graph's time is its own
+        t0 = time.perf_counter()
+        source.pair()
+        log(f"model: random weights built in {time.perf_counter() - t0:.1f}s")
+    progress = ExportProgress(graph_costs(stale, _parts), log)
+    stale_names = {g.definition().name for g in stale}
     real: dict[str, object] = {}
+    forms = None
     for i, g in enumerate(defs, 1):
         d: GraphDef = g.definition()
-        key = graph_key(common, d, sched, plan, source.identity)
+        key = keys_of[d.name]
         path = root / "graphs" / f"{d.name}.onnx"
-        prev = old.get("graphs", {}).get(d.name)
-        if _still_good(root, prev, d, key, fam.name, source.cfg.depth):
-            manifest["graphs"][d.name] = prev
+        if d.name not in stale_names:
+            manifest["graphs"][d.name] = old["graphs"][d.name]
             continue
-        t0 = time.perf_counter()
+        progress.start(i, n, d.name, _what(d, plan, _parts(g)))
         model, vae = source.pair()
         weights = weight_tensors(model)
         if not real:  # the same graphs over the real weights (the skeleton's describe them, these trace)
             real.update((x.definition().name, x) for x in fam.graphs(model, vae, sched, plan, shapes, restore_fns,
                                                                      budget))
+            forms = Forms(model, weights, table)
         g = real[d.name]
         unfinished()
-        data, final = _export_one(g, d, weights, table)
+        data, final = _export_one(g, d, forms)
         atomic_write_bytes(path, data, f"graph {d.name}")
         manifest["graphs"][d.name] = {**final.signature(), "key": key, "file": file_record(root, path)}
         rebuilt.append(d.name)
-        log(f"[{i}/{n}] {d.name}: {_what(d, plan)} exported in {time.perf_counter() - t0:.1f}s")
+        progress.finish(i, n, d.name)
         _write_manifest(root, manifest)
+    if rebuilt:
+        log(f"graphs: {len(rebuilt)} exported in {sum(progress.seconds.values()):.1f}s"
+            + (f" ({forms.traced} forms traced for {forms.stamped} stamped parts)" if forms and forms.stamped else ""))
     keys = sorted({w for g in manifest["graphs"].values() for w in g["weights"]})
     if fam.codebook_key:
         manifest["codebook"] = fam.codebook_key
@@ -290,8 +310,8 @@ def _write_artifact(opts: ExportOptions, root: Path, source, sched: ScaleSchedul
         keys = [*keys, *extra]
         tensors.update(extra)
         unfinished()
-        write_store(store, keys, tensors)
-        manifest["weights"] = [{**file_record(root, store), "key": wkey, "tensors": len(keys)}]
+        _, digest = write_store(store, keys, tensors)
+        manifest["weights"] = [{**file_record(root, store, digest), "key": wkey, "tensors": len(keys)}]
         rebuilt.append("weights")
         log(f"weights: {len(keys)} tensors, {store.stat().st_size / 2**20:.1f} MiB written in "
             f"{time.perf_counter() - t0:.1f}s")
@@ -341,20 +361,31 @@ def _baked(d: GraphDef, sched: ScaleSchedule, plan: PrunePlan) -> dict:
             "block_range": list(plan.block_range), "kept": st.kept}
 
 
-def _export_one(g, d: GraphDef, weights: dict, table) -> tuple[bytes, GraphDef]:
+def _export_one(g, d: GraphDef, forms: Forms) -> tuple[bytes, GraphDef]:
+    """Step graphs are stamped from their parts' forms; the others are traced whole."""
     from fastvar.export.onnx_export import export_graph
 
     if d.kind in ("decoder", "next_input"):
         return export_graph(g.module(), d, {}, None)
-    return export_graph(g.module(), d, weights, table)
+    if hasattr(g, "parts"):
+        return export_stamped(g.parts(), d, forms)
+    return export_graph(g.module(), d, forms.weights, forms.table)
 
 
-def _what(d: GraphDef, plan: PrunePlan) -> str:
-    if d.kind not in ("step", "validate"):
-        return d.kind
-    st = plan.steps[d.step]
-    what = f"{st.h}x{st.w}, {st.tokens} tokens" + (f", keeps {st.kept}" if st.pruned else "")
-    return what + (" (validation variant: kept indices as inputs)" if d.kind == "validate" else "")
+def _parts(g) -> list | None:
+    """A graph's parts when it is stamped from them (step graphs), None when it is traced whole."""
+    return g.parts() if hasattr(g, "parts") else None
+
+
+def _what(d: GraphDef, plan: PrunePlan, parts: list | None) -> str:
+    what = d.kind
+    if d.kind in ("step", "validate"):
+        st = plan.steps[d.step]
+        what = f"{st.h}x{st.w}, {st.tokens} tokens" + (f", keeps {st.kept}" if st.pruned else "")
+        what += " (validation variant: kept indices as inputs)" if d.kind == "validate" else ""
+    if not parts:
+        return what + ", traced whole"
+    return what + f"; {len(parts)} parts of {len({p.key for p in parts})} forms"
 
 
 def _previous(root: Path, force: bool) -> dict:

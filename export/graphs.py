@@ -23,6 +23,7 @@ from fastvar.export.models.bsq_vae import BSQVAEDecoder
 from fastvar.export.models.infinity import Conditioning, Infinity, PruneStep
 from fastvar.export.models.rope import rope_freqs_grid, rope_table
 from fastvar.export.schedules import PrunePlan, ScaleSchedule, StepPlan
+from fastvar.export.step_parts import Part, block_weights, outside_blocks, run_parts, stream_name
 from fastvar.runtime.sampling import sample_bits
 
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16",
@@ -81,12 +82,21 @@ class GraphDef:
 
 
 class Traced(nn.Module):
-    """Maps a flat tuple (data inputs, then weights) onto a call of the model with those weights."""
+    """Maps a flat tuple (data inputs, then weights) onto a call of the model with those weights.
+
+    The model is held, not registered as a submodule: ``torch.export`` lifts every registered parameter of
+    what it exports, and the weights arrive as inputs anyway, so only what the call reads is traced (a part
+    of one block then costs one block, not the whole model)."""
 
     def __init__(self, model: nn.Module, weight_names: list[str], n_data: int,
                  call: Callable[[nn.Module, tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]) -> None:
         super().__init__()
-        self.model, self.weight_names, self.n_data, self.call = model, weight_names, n_data, call
+        self.__dict__["model"] = model
+        self.weight_names, self.n_data, self.call = weight_names, n_data, call
+
+    def train(self, mode: bool = True) -> Traced:
+        self.model.train(mode)
+        return super().train(mode)
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         data, weights = tensors[: self.n_data], tensors[self.n_data:]
@@ -117,7 +127,19 @@ def weight_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {**dict(model.named_parameters()), **dict(model.named_buffers())}
 
 
-class ConditionGraph:
+class PartsGraph:
+    """A graph made of parts (``parts()``): its torch module runs them in order, and is what goldens are
+    recorded on; the export traces each part's form once and stamps it (``fastvar.export.stamp``)."""
+
+    model: nn.Module
+
+    def module(self) -> nn.Module:
+        d = self.definition()
+        call = run_parts(self.parts(), [t.name for t in d.inputs], [t.name for t in d.outputs])
+        return Traced(CallModel(self.model), param_names(self.model), len(d.inputs), call)
+
+
+class ConditionGraph(PartsGraph):
     """Text embeddings -> pooled condition, AdaLN parameters and every block's cross-attention K/V."""
 
     def __init__(self, model: Infinity, shapes: Shapes) -> None:
@@ -136,27 +158,46 @@ class ConditionGraph:
                 outputs.append(spec(name, (r, cfg.heads, s.text_len, cfg.head_dim), dt))
         return GraphDef(gn.CONDITION_GRAPH, "condition", inputs, outputs, param_names(self.model, ""))
 
-    def module(self) -> nn.Module:
-        guidance = self.shapes.guidance
-
-        def call(m: Infinity, data: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-            text, lengths = data
-            cond = m.condition(text, lengths, cfg_active=guidance)
-            out = [cond.sos, cond.gss, cond.head_scale, cond.head_shift, cond.text_mask]
-            for k, v in zip(cond.ca_k, cond.ca_v, strict=True):
-                out += [k, v]
-            return tuple(out)
-
+    def parts(self) -> list[Part]:
+        """The text part (pooled condition, AdaLN parameters, mask, the projected text), then one part per block
+        (its cross-attention K/V of the projected text): every block part has one form."""
+        cfg, s, model = self.model.cfg, self.shapes, self.model
         d = self.definition()
-        return Traced(CallModel(self.model), param_names(self.model), len(d.inputs), call)
+        specs = {t.name: t for t in [*d.inputs, *d.outputs]}
+        prefixes = [cfg.block_prefix(i) for i in range(cfg.depth)]
+        ca_text = spec(stream_name("ca_text"), (s.rows, s.text_len, cfg.width), model.compute_dtype)
+        guidance = s.guidance
+        shared = (gn.SOS, gn.GSS, gn.HEAD_SCALE, gn.HEAD_SHIFT, gn.TEXT_MASK)
+
+        def text(m: Infinity, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            cond, projected = m.condition_text(x[gn.TEXT], x[gn.TEXT_LENGTHS], cfg_active=guidance)
+            return {gn.SOS: cond.sos, gn.GSS: cond.gss, gn.HEAD_SCALE: cond.head_scale,
+                    gn.HEAD_SHIFT: cond.head_shift, gn.TEXT_MASK: cond.text_mask, ca_text.name: projected}
+
+        parts = [Part("text", ("text",), (specs[gn.TEXT], specs[gn.TEXT_LENGTHS]),
+                      (*[specs[n] for n in shared], ca_text), outside_blocks(model, prefixes), text)]
+        for i in range(cfg.depth):
+            parts.append(Part(f"block{i}", ("text_kv",), (ca_text,), (specs[gn.ca_k(i)], specs[gn.ca_v(i)]),
+                              block_weights(model, prefixes[i]), self._kv_call(i, ca_text.name)))
+        return parts
+
+    @staticmethod
+    def _kv_call(i: int, ca_text: str) -> Callable[[Infinity, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        def call(m: Infinity, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            k, v = m.block_list[i].ca.kv(x[ca_text], m.compute_dtype)
+            return {gn.ca_k(i): k, gn.ca_v(i): v}
+
+        return call
 
 
-class FastVARStepGraph:
+class FastVARStepGraph(PartsGraph):
     """What a step graph of either family shares: the plan, the validation variant, which blocks prune,
-    and the FastVAR prune step built with the export's graph spellings (selection by TopK, restoration
-    by ``restore_fn``, optionally fused with its residual add by ``restore_add_fn``)."""
+    the FastVAR prune step built with the export's graph spellings (selection by TopK, restoration
+    by ``restore_fn``, optionally fused with its residual add by ``restore_add_fn``), and what a block's
+    part takes and returns besides the family's own inputs."""
 
     prune_cls: type = PruneStep
+    subs: tuple[str, ...] = gn.INFINITY_SUBLAYERS  # the sub-layers FastVAR restores
 
     def _setup(self, model, plan: PrunePlan, st: StepPlan, shapes: Shapes,
                restore_fn: Callable[..., torch.Tensor] | None, given_indices: bool,
@@ -182,6 +223,47 @@ class FastVARStepGraph:
             extra["restore_add"] = self.restore_add_fn
         return self.prune_cls(kept=st.kept, hw=(st.h, st.w), cache_hw=plan.cache_hw, block_range=plan.block_range,
                               select=select_pivotal_topk, **extra)
+
+    def block_io(self, i: int, pruned: bool, first: list[TensorSpec], x_out: TensorSpec,
+                 specs: dict[str, TensorSpec], past: list[int]) -> tuple[list[TensorSpec], list[TensorSpec], bool]:
+        """Block i's part interface: ``first`` (the family's inputs), its past K/V, and where it is pruned its
+        restore caches (and in the validation variant its kept indices); out: ``x_out``, its new K/V (not at
+        the last step), its restore caches at the cache step, and its kept indices. Also whether it returns
+        caches (part of its form)."""
+        subs, ins, outs = self.subs, list(first), [x_out]
+        if past[i]:
+            ins += [specs[gn.past_k(i)], specs[gn.past_v(i)]]
+        if not self.last:
+            outs += [specs[gn.new_k(i)], specs[gn.new_v(i)]]
+        cache_out = self.st.index == self.plan.cache_scale and self.plan.block_pruned(i)
+        if cache_out:
+            outs += [specs[gn.cache(sub, i)] for sub in subs]
+        if pruned:
+            ins += [specs[gn.cache(sub, i)] for sub in subs]
+            ins += [specs[gn.kept(sub, i)] for sub in subs] if self.given_indices else []
+            outs += [] if self.given_indices else [specs[gn.kept(sub, i)] for sub in subs]
+        return ins, outs, cache_out
+
+    def block_prune(self, p, i: int, x: dict[str, torch.Tensor]) -> tuple[object, tuple | None]:
+        """The prune step and restore caches block i runs with, read from its part's inputs."""
+        if p is None:
+            return None, None
+        rc = tuple(x[gn.cache(sub, i)] for sub in self.subs)
+        if not self.given_indices:
+            return p, rc
+        lo = 0 if p.block_range is None else p.block_range[0]
+        picked = [None] * (i - lo + 1)  # ``given`` is indexed from the first pruned block
+        picked[-1] = tuple(x[gn.kept(sub, i)] for sub in self.subs)
+        return replace(p, given=picked), rc
+
+    def block_outputs(self, i: int, x_out: str, y: torch.Tensor, k: torch.Tensor, v: torch.Tensor, outs: tuple,
+                      idx: tuple, pruned: bool) -> dict[str, torch.Tensor]:
+        """What a block's part returns, by name (its part picks the ones it declares)."""
+        res = {x_out: y, gn.new_k(i): k, gn.new_v(i): v}
+        res.update((gn.cache(sub, i), o) for sub, o in zip(self.subs, outs, strict=True))
+        if pruned:
+            res.update((gn.kept(sub, i), t) for sub, t in zip(self.subs, idx, strict=True))
+        return res
 
 
 class StepGraph(FastVARStepGraph):
@@ -264,52 +346,65 @@ class StepGraph(FastVARStepGraph):
             out.append(None if chunk >= n else int(chunk))
         return out
 
-    def _given(self, x: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, ...]] | None:
-        if not self.given_indices:
-            return None
-        return [tuple(x[gn.kept(sub, i)] for sub in gn.INFINITY_SUBLAYERS) for i in self.blocks_pruned]
-
-    def module(self) -> nn.Module:
-        cfg, st, plan, shapes = self.model.cfg, self.st, self.plan, self.shapes
+    def parts(self) -> list[Part]:
+        """The embedding, one part per block, the head (see ``step_parts``): what the export traces per form and
+        stamps per block, and what ``module`` runs in order."""
+        cfg, st, plan, shapes, model = self.model.cfg, self.st, self.plan, self.shapes, self.model
         d = self.definition()
-        names = [t.name for t in d.inputs]
-        scale = self.sched.scales[st.index]
+        specs = {t.name: t for t in [*d.inputs, *d.outputs]}
+        depth, si = cfg.depth, st.index
+        prefixes = [cfg.block_prefix(i) for i in range(depth)]
+        outer = outside_blocks(model, prefixes)
+        xs = [spec(stream_name(f"x{i}"), (shapes.rows, st.tokens, cfg.width), "float32") for i in range(depth + 1)]
+        scale = self.sched.scales[si]
         rope = rope_table(cfg.head_dim, (scale.h, scale.w), self.sched.rope_grid, rope_freqs_grid(cfg.head_dim))
-        prune, last, pruned_blocks, given = self.prune_step(), self.last, self.blocks_pruned, self._given
-        q_chunks = self.q_chunks()
-        is_cache = st.index == plan.cache_scale
+        prune, q_chunks = self.prune_step(), self.q_chunks()
+        past = past_lengths(plan, depth, si)
+        batch = shapes.batch
 
-        def call(m: Infinity, data: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-            x = dict(zip(names, data, strict=True))
-            cond = Conditioning(batch=shapes.batch, sos=x.get(gn.SOS), gss=x[gn.GSS], head_scale=x[gn.HEAD_SCALE],
-                                head_shift=x[gn.HEAD_SHIFT], text_mask=x[gn.TEXT_MASK],
-                                ca_k=[x[gn.ca_k(i)] for i in range(cfg.depth)],
-                                ca_v=[x[gn.ca_v(i)] for i in range(cfg.depth)])
-            caches, step_prune = None, prune
-            if prune is not None:
-                step_prune = replace(prune, given=given(x))
-                caches = [tuple(x[gn.cache(sub, i)] for sub in gn.INFINITY_SUBLAYERS) if i in pruned_blocks else None
-                          for i in range(cfg.depth)]
+        def embed(m: Infinity, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            cond = Conditioning(batch=batch, sos=x.get(gn.SOS), gss=x.get(gn.GSS), head_scale=None, head_shift=None,
+                                text_mask=None)
+            return {xs[0].name: m.embed_input(si, x.get(gn.CODES), cond)}
+
+        first = [specs[gn.SOS]] if si == 0 else [specs[gn.CODES], specs[gn.GSS]]
+        parts = [Part("embed", ("embed", si), tuple(first), (xs[0],), outer, embed)]
+        for i in range(depth):
+            p = prune if prune is not None and prune.covers(i) else None
+            first = [xs[i], specs[gn.GSS], specs[gn.TEXT_MASK], specs[gn.ca_k(i)], specs[gn.ca_v(i)]]
+            ins, outs, cache_out = self.block_io(i, p is not None, first, xs[i + 1], specs, past)
+            key = ("block", si, p is not None, self.given_indices, cache_out, past[i], q_chunks[i])
+            call = self._block_call(i, p, rope, q_chunks[i], xs[i].name, xs[i + 1].name)
+            parts.append(Part(f"block{i}", key, tuple(ins), tuple(outs), block_weights(model, prefixes[i]), call))
+
+        def head(m: Infinity, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            cond = Conditioning(batch=batch, sos=None, gss=None, head_scale=x[gn.HEAD_SCALE],
+                                head_shift=x[gn.HEAD_SHIFT], text_mask=None)
             cfg_scale = x.get(gn.CFG_SCALE, torch.ones((), dtype=torch.float32))
-            out = m.step(st.index, x.get(gn.CODES), cond, rope,
-                         [x.get(gn.past_k(i)) for i in range(cfg.depth)],
-                         [x.get(gn.past_v(i)) for i in range(cfg.depth)],
-                         cfg_scale, x[gn.INV_TAU], prune=step_prune, restore_caches=caches, collect_caches=is_cache,
-                         q_chunks=q_chunks)
-            res = [out.logits, sample_bits(out.logits, x[gn.NOISE])]
-            if not last:
-                for k, v in zip(out.new_k, out.new_v, strict=True):
-                    res += [k, v]
-            if is_cache:
-                for i in range(cfg.depth):
-                    if plan.block_pruned(i):
-                        res += list(out.caches[i])
-            if prune is not None and not self.given_indices:
-                for idx in out.kept_idx:
-                    res += list(idx)
-            return tuple(res)
+            logits = m.finish(x[xs[depth].name], cond, cfg_scale, x[gn.INV_TAU])
+            return {gn.LOGITS: logits, gn.BITS: sample_bits(logits, x[gn.NOISE])}
 
-        return Traced(CallModel(self.model), param_names(self.model), len(d.inputs), call)
+        ins = [xs[depth], specs[gn.HEAD_SCALE], specs[gn.HEAD_SHIFT]]
+        ins += [specs[gn.CFG_SCALE]] if shapes.guidance else []
+        ins += [specs[gn.INV_TAU], specs[gn.NOISE]]
+        parts.append(Part("head", ("head", si), tuple(ins), (specs[gn.LOGITS], specs[gn.BITS]), outer, head))
+        return parts
+
+    def _block_call(self, i: int, p: PruneStep | None, rope: torch.Tensor, q_chunk: int | None, x_in: str,
+                    x_out: str) -> Callable[[Infinity, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        depth, batch = self.model.cfg.depth, self.shapes.batch
+
+        def call(m: Infinity, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            ca_k, ca_v = [None] * depth, [None] * depth
+            ca_k[i], ca_v[i] = x[gn.ca_k(i)], x[gn.ca_v(i)]
+            cond = Conditioning(batch=batch, sos=None, gss=x[gn.GSS], head_scale=None, head_shift=None,
+                                text_mask=x[gn.TEXT_MASK], ca_k=ca_k, ca_v=ca_v)
+            bp, rc = self.block_prune(p, i, x)
+            y, k, v, outs, idx = m.block(m.block_list[i], x[x_in], cond, i, rope, x.get(gn.past_k(i)),
+                                         x.get(gn.past_v(i)), bp, rc, q_chunk)
+            return self.block_outputs(i, x_out, y, k, v, outs, idx, p is not None)
+
+        return call
 
 
 class DecoderGraph:

@@ -11,7 +11,6 @@ Sampling stays in the generation loop (top-k, inverse CDF, the Gumbel-soft mixtu
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 
 import torch
 import torch.nn as nn
@@ -33,15 +32,7 @@ from fastvar.export.models.hart_fastvar import HARTPruneStep
 from fastvar.export.models.hart_tokenizer import HARTTokenizer
 from fastvar.export.resample import resample_2d
 from fastvar.export.schedules import PrunePlan, StepPlan
-
-
-def _cond(m: HART, batch: int, rows: int, x: dict[str, torch.Tensor]) -> HARTConditioning:
-    """The conditioning a step graph rebuilds from its inputs (``sos`` only exists at step 0)."""
-    sos = x.get(gn.SOS)
-    if sos is None:
-        sos = x[gn.HEAD_SCALE].new_zeros(rows, 1, m.cfg.width)
-    return HARTConditioning(batch=batch, sos=sos, head_scale=x[gn.HEAD_SCALE], head_shift=x[gn.HEAD_SHIFT],
-                            context_pos=x[gn.CONTEXT_POS])
+from fastvar.export.step_parts import Part, block_weights, outside_blocks, stream_name
 
 
 class HARTConditionGraph:
@@ -82,6 +73,7 @@ class HARTStepGraph(FastVARStepGraph):
     """
 
     prune_cls = HARTPruneStep
+    subs = gn.HART_SUBLAYERS
 
     def __init__(self, model: HART, plan: PrunePlan, st: StepPlan, shapes: Shapes,
                  restore_fn: Callable[..., torch.Tensor] | None = None, given_indices: bool = False,
@@ -127,43 +119,62 @@ class HARTStepGraph(FastVARStepGraph):
             (gn.step_graph(st.index), "step")
         return GraphDef(name, kind, inputs, outputs, param_names(self.model, ""), st.index)
 
-    def module(self) -> nn.Module:
-        cfg, st, plan, shapes = self.model.cfg, self.st, self.plan, self.shapes
+    def parts(self) -> list[Part]:
+        """The embedding (with the step's RoPE tables), one part per block, the head (see ``step_parts``)."""
+        cfg, st, plan, shapes, model = self.model.cfg, self.st, self.plan, self.shapes, self.model
         d = self.definition()
-        names = [t.name for t in d.inputs]
-        prune, last, pruned_blocks, validate = self.prune_step(), self.last, self.blocks_pruned, self.given_indices
-        is_cache = st.index == plan.cache_scale
+        specs = {t.name: t for t in [*d.inputs, *d.outputs]}
+        depth, si, rows = cfg.depth, st.index, shapes.rows
+        n_in = cfg.step_tokens(si)
+        prefixes = [f"blocks.{i}." for i in range(depth)]
+        outer = outside_blocks(model, prefixes)
+        xs = [spec(stream_name(f"x{i}"), (rows, n_in, cfg.width), "float32") for i in range(depth + 1)]
+        if self.last:  # the last block's output is the graph's hidden-state output
+            xs[depth] = specs[gn.HIDDEN]
+        cos, sin = (spec(stream_name(n), (rows, n_in, cfg.head_dim), "float32") for n in ("cos", "sin"))
+        prune, last = self.prune_step(), self.last
+        past = past_lengths(plan, depth, si)
+        batch = shapes.batch
 
-        def call(m: HART, data: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-            x = dict(zip(names, data, strict=True))
-            cond = _cond(m, shapes.batch, shapes.rows, x)
-            caches, step_prune = None, prune
-            if prune is not None:
-                given = [tuple(x[gn.kept(sub, i)] for sub in gn.HART_SUBLAYERS) for i in pruned_blocks] \
-                    if validate else None
-                step_prune = replace(prune, given=given)
-                caches = [tuple(x[gn.cache(sub, i)] for sub in gn.HART_SUBLAYERS) if i in pruned_blocks else None
-                          for i in range(cfg.depth)]
+        def embed(m: HART, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            sos = x.get(gn.SOS)
+            if sos is None:  # only the row count is read after step 0
+                sos = x[gn.HEAD_SCALE].new_zeros(rows, 1, m.cfg.width)
+            cond = HARTConditioning(batch=batch, sos=sos, head_scale=x[gn.HEAD_SCALE], head_shift=None,
+                                    context_pos=x[gn.CONTEXT_POS])
+            c, s = m.rope(si, cond)
+            return {xs[0].name: m.embed_input(si, x.get(gn.X_IN), cond), cos.name: c, sin.name: s}
+
+        first = [specs[gn.SOS]] if si == 0 else [specs[gn.X_IN]]
+        first += [specs[gn.HEAD_SCALE], specs[gn.CONTEXT_POS]]
+        parts = [Part("embed", ("embed", si), tuple(first), (xs[0], cos, sin), outer, embed)]
+        for i in range(depth):
+            p = prune if prune is not None and prune.covers(i) else None
+            ins, outs, cache_out = self.block_io(i, p is not None, [xs[i], cos, sin], xs[i + 1], specs, past)
+            key = ("block", si, p is not None, self.given_indices, cache_out, past[i], last)
+            call = self._block_call(i, p, xs[i].name, xs[i + 1].name, cos.name, sin.name)
+            parts.append(Part(f"block{i}", key, tuple(ins), tuple(outs), block_weights(model, prefixes[i]), call))
+
+        def head(m: HART, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            cond = HARTConditioning(batch=batch, sos=None, head_scale=x[gn.HEAD_SCALE], head_shift=x[gn.HEAD_SHIFT],
+                                    context_pos=None)
             weight = x.get(gn.CFG_SCALE, torch.zeros((), dtype=torch.float32))
-            out = m.step(st.index, x.get(gn.X_IN), cond, [x.get(gn.past_k(i)) for i in range(cfg.depth)],
-                         [x.get(gn.past_v(i)) for i in range(cfg.depth)], weight, prune=step_prune,
-                         restore_caches=caches, collect_caches=is_cache)
-            res = [out.logits]
-            if last:
-                res.append(out.hidden)
-            else:
-                for k, v in zip(out.new_k, out.new_v, strict=True):
-                    res += [k, v]
-            if is_cache:
-                for i in range(cfg.depth):
-                    if plan.block_pruned(i):
-                        res += list(out.caches[i])
-            if prune is not None and not validate:
-                for idx in out.kept_idx:
-                    res += list(idx)
-            return tuple(res)
+            return {gn.LOGITS: m.finish(si, x[xs[depth].name], cond, weight)}
 
-        return Traced(CallModel(self.model), param_names(self.model), len(d.inputs), call)
+        ins = [xs[depth], specs[gn.HEAD_SCALE], specs[gn.HEAD_SHIFT]]
+        ins += [specs[gn.CFG_SCALE]] if shapes.guidance else []
+        parts.append(Part("head", ("head", si, last), tuple(ins), (specs[gn.LOGITS],), outer, head))
+        return parts
+
+    def _block_call(self, i: int, p: HARTPruneStep | None, x_in: str, x_out: str, cos: str,
+                    sin: str) -> Callable[[HART, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        def call(m: HART, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            bp, rc = self.block_prune(p, i, x)
+            y, k, v, outs, idx = m.block(m.blocks[i], i, x[x_in], x[cos], x[sin], x.get(gn.past_k(i)),
+                                         x.get(gn.past_v(i)), bp, rc)
+            return self.block_outputs(i, x_out, y, k, v, outs, idx, p is not None)
+
+        return call
 
 
 class HARTDiffusionGraph:

@@ -8,10 +8,13 @@ have no symbolic dimension and pass ``onnx.checker`` (full check).
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import io
 import logging
+import types
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import onnx
 import torch
@@ -23,7 +26,7 @@ from fastvar.export.graphs import GraphDef, TensorSpec
 OPSET = 20
 IR_VERSION = 10  # ONNX Runtime 1.3x reads IR <= 13; the exporter writes 10
 TRANSPOSED_SUFFIX = ".T"
-_PREFIX = "m."
+WEIGHT_PREFIX = "m."  # what weight inputs are called while tracing, until ``finalize`` binds them
 _ONNX_TYPES = {"float32": onnx.TensorProto.FLOAT, "bfloat16": onnx.TensorProto.BFLOAT16,
                "float16": onnx.TensorProto.FLOAT16, "bool": onnx.TensorProto.BOOL, "int64": onnx.TensorProto.INT64,
                "int32": onnx.TensorProto.INT32, "uint8": onnx.TensorProto.UINT8}
@@ -38,8 +41,8 @@ def trace(module: nn.Module, graph: GraphDef, weights: dict[str, torch.Tensor],
     """Run the dynamo exporter on ``module`` with uninitialised examples of the data inputs."""
     examples = [s.empty() for s in graph.inputs]
     weight_args = [weights[n] for n in graph.weights]
-    names = [s.name for s in graph.inputs] + [_PREFIX + n for n in graph.weights]
-    with warnings.catch_warnings():
+    names = [s.name for s in graph.inputs] + [WEIGHT_PREFIX + n for n in graph.weights]
+    with warnings.catch_warnings(), _exporter_tables_once():
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         prog = torch.onnx.export(
@@ -50,6 +53,48 @@ def trace(module: nn.Module, graph: GraphDef, weights: dict[str, torch.Tensor],
     return prog.model_proto
 
 
+_EXPORTER_MEMO: dict = {}
+
+
+@contextlib.contextmanager
+def _exporter_tables_once() -> Iterator[None]:
+    """torch.onnx rebuilds its ATen-to-ONNX registry for every export: it lists onnxscript's ~500 torchlib
+    functions again (parsing their source) and infers each one's signature again, about 0.5 s an export.
+    Both are pure functions of objects that live for the process, so within our exports each answer is
+    computed once. Where torch's exporter is laid out differently nothing is patched (exports are slower)."""
+    try:
+        from torch.onnx._internal.exporter import _registration, _schemas
+
+        apis = _registration.onnxscript_apis
+        module = apis if isinstance(apis, types.ModuleType) else importlib.import_module(apis._name)
+        patches = [(module, "get_torchlib_ops"), (_schemas, "op_signature_from_function")]
+        originals = [getattr(m, name) for m, name in patches]
+    except (ImportError, AttributeError):
+        yield
+        return
+    for (m, name), fn in zip(patches, originals, strict=True):
+        setattr(m, name, _memoized(fn))
+    try:
+        yield
+    finally:
+        for (m, name), fn in zip(patches, originals, strict=True):
+            setattr(m, name, fn)
+
+
+def _memoized(fn: Callable) -> Callable:
+    def once(*args, **kwargs):
+        key = (fn, args, tuple(sorted(kwargs.items())))
+        try:
+            return _EXPORTER_MEMO[key]
+        except KeyError:
+            out = _EXPORTER_MEMO[key] = fn(*args, **kwargs)
+            return out
+        except TypeError:  # an unhashable argument: not ours to remember
+            return fn(*args, **kwargs)
+
+    return once
+
+
 def finalize(model: onnx.ModelProto, graph: GraphDef, weights: dict[str, torch.Tensor]) -> tuple[onnx.ModelProto,
                                                                                              GraphDef]:
     """Rename/drop/transpose weight inputs, check static shapes and the checker; returns the bound names."""
@@ -58,13 +103,14 @@ def finalize(model: onnx.ModelProto, graph: GraphDef, weights: dict[str, torch.T
     for node in g.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+    graph_outputs = {o.name for o in g.output}
     kept_inputs, bound = [], []
     removed_nodes: set[int] = set()
     for vi in g.input:
-        if not vi.name.startswith(_PREFIX):
+        if not vi.name.startswith(WEIGHT_PREFIX):
             kept_inputs.append(vi)
             continue
-        key = vi.name[len(_PREFIX):]
+        key = vi.name[len(WEIGHT_PREFIX):]
         users = consumers.get(vi.name, [])
         if not users:
             continue
@@ -74,21 +120,16 @@ def finalize(model: onnx.ModelProto, graph: GraphDef, weights: dict[str, torch.T
             new = key + TRANSPOSED_SUFFIX
             for n in transposes:
                 removed_nodes.add(id(n))
-                for other in g.node:
-                    for j, name in enumerate(other.input):
-                        if name == n.output[0]:
-                            other.input[j] = new
-                for o in g.output:
-                    if o.name == n.output[0]:
-                        raise ExportError(f"{graph.name}: a transposed weight is a graph output")
+                if n.output[0] in graph_outputs:
+                    raise ExportError(f"{graph.name}: a transposed weight is a graph output")
+                for other in consumers.get(n.output[0], []):
+                    other.input[:] = [new if name == n.output[0] else name for name in other.input]
             kept_inputs.append(helper.make_tensor_value_info(new, vi.type.tensor_type.elem_type,
                                                              list(reversed(t.shape))))
             bound.append(new)
         else:
             for n in users:
-                for j, name in enumerate(n.input):
-                    if name == vi.name:
-                        n.input[j] = key
+                n.input[:] = [key if name == vi.name else name for name in n.input]
             kept_inputs.append(helper.make_tensor_value_info(key, vi.type.tensor_type.elem_type, list(t.shape)))
             bound.append(key)
     nodes = [n for n in g.node if id(n) not in removed_nodes]

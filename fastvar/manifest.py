@@ -32,8 +32,10 @@ def sha256_file(path: str | os.PathLike, chunk: int = 16 * 2**20) -> str:
     return h.hexdigest()
 
 
-def file_record(root: Path, path: Path) -> dict:
-    return {"path": path.relative_to(root).as_posix(), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+def file_record(root: Path, path: Path, sha256: str | None = None) -> dict:
+    """A file's manifest record; ``sha256`` when the writer hashed the bytes as it wrote them."""
+    return {"path": path.relative_to(root).as_posix(), "bytes": path.stat().st_size,
+            "sha256": sha256 or sha256_file(path)}
 
 
 def inside(root: Path, rel: str) -> Path:

@@ -8,6 +8,7 @@ encoder included) or a bare state dict, with upstream's wrapped (``conv_in.conv.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -282,6 +283,30 @@ def load_vae(path: str | os.PathLike) -> BSQVAEDecoder:
 
 # ---- random weights and saving -------------------------------------------------------------------
 
+_DEFAULT_INITS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "xavier_uniform_",
+                  "xavier_normal_", "kaiming_uniform_", "kaiming_normal_")
+
+
+@contextlib.contextmanager
+def no_default_init() -> Iterator[None]:
+    """Module constructors fill every parameter with torch's default initialisation, which the random
+    initialisers here overwrite in full: skipping it halves the time to build random weights (the 2B holds 2.2
+    billion values). Parameters built inside are uninitialised until overwritten; buffers are not touched
+    (their constructors set them without ``nn.init``)."""
+    saved = {name: getattr(nn.init, name) for name in _DEFAULT_INITS}
+    for name in _DEFAULT_INITS:
+        setattr(nn.init, name, _leave)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
+def _leave(tensor: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    return tensor
+
+
 @torch.no_grad()
 def random_init(module: nn.Module, seed: int = 0) -> nn.Module:
     """Seeded random weights with no trivially-zero branch (tests, benchmarks, demos)."""
@@ -311,14 +336,14 @@ def random_init(module: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def build_random_infinity(cfg: InfinityConfig, seed: int = 0, device: str | torch.device = "cpu") -> Infinity:
-    with torch.device(device):
+    with torch.device(device), no_default_init():
         model = Infinity(cfg)
     random_init(model, seed)
     return model.eval()
 
 
 def build_random_vae(cfg: VAEConfig, seed: int = 1, device: str | torch.device = "cpu") -> BSQVAEDecoder:
-    with torch.device(device):
+    with torch.device(device), no_default_init():
         vae = BSQVAEDecoder(cfg)
     return random_init(vae, seed).eval()
 

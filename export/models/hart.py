@@ -246,21 +246,27 @@ class HART(nn.Module):
         new_k, new_v, caches, kept = [], [], [], []
         for i, blk in enumerate(self.blocks):
             p = prune if prune is not None and prune.covers(i) else None
-            x, k, v, outs, idx = self._block(blk, i, x, cos, sin, past_k[i], past_v[i], p,
-                                             restore_caches[i] if p is not None else None)
+            x, k, v, outs, idx = self.block(blk, i, x, cos, sin, past_k[i], past_v[i], p,
+                                            restore_caches[i] if p is not None else None)
             new_k.append(k)
             new_v.append(v)
             caches.append(outs)
             kept.append(idx if p is not None else None)
-        h = x[:, -1:] if si == 0 else x
-        logits = self.mix_cfg(self.logits(h, cond), cond, cfg_weight)
+        logits = self.finish(si, x, cond, cfg_weight)
         return HARTStepOutput(logits=logits, hidden=x, new_k=new_k, new_v=new_v,
                               caches=caches if collect_caches else None, kept_idx=kept if prune is not None else None)
 
-    def _block(self, blk: HARTBlock, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-               past_k: torch.Tensor | None, past_v: torch.Tensor | None, p: HARTPruneStep | None,
-               rc: tuple[torch.Tensor, torch.Tensor] | None):
-        """x + attn(norm(x)), then x + mlp(norm(x)); with FastVAR each sub-layer sees only its kept tokens."""
+    def finish(self, si: int, x: torch.Tensor, cond: HARTConditioning,
+               cfg_weight: float | torch.Tensor) -> torch.Tensor:
+        """The last block's output -> CFG-mixed logits (step 0: of the last text position only)."""
+        h = x[:, -1:] if si == 0 else x
+        return self.mix_cfg(self.logits(h, cond), cond, cfg_weight)
+
+    def block(self, blk: HARTBlock, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+              past_k: torch.Tensor | None, past_v: torch.Tensor | None, p: HARTPruneStep | None,
+              rc: tuple[torch.Tensor, torch.Tensor] | None):
+        """x + attn(norm(x)), then x + mlp(norm(x)); with FastVAR each sub-layer sees only its kept tokens.
+        Reads only block ``i``'s weights, so a graph can trace it once and stamp it per block."""
         def pick(xx: torch.Tensor, sub: int) -> tuple[torch.Tensor, torch.Tensor | None]:
             if p is None:
                 return xx, None

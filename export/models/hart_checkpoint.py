@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fastvar.atomic import atomic_path
-from fastvar.export.models.checkpoint import _check_strict, load_into_meta, save_state_dict
+from fastvar.export.models.checkpoint import _check_strict, load_into_meta, no_default_init, save_state_dict
 from fastvar.export.models.checkpoint_files import read_json, read_state_dict
 from fastvar.export.models.hart import HART, UNUSED_BUFFERS
 from fastvar.export.models.hart_config import (
@@ -261,11 +261,15 @@ def random_init_hart(module: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def build_random_hart(cfg: HARTConfig, seed: int = 0) -> HART:
-    return random_init_hart(HART(cfg), seed).eval()
+    with no_default_init():
+        model = HART(cfg)
+    return random_init_hart(model, seed).eval()
 
 
 def build_random_tokenizer(cfg: HARTTokenizerConfig, seed: int = 1) -> HARTTokenizer:
-    return random_init_hart(HARTTokenizer(cfg), seed).eval()
+    with no_default_init():
+        tok = HARTTokenizer(cfg)
+    return random_init_hart(tok, seed).eval()
 
 
 def _write_json(path: Path, obj: dict) -> None:

@@ -218,6 +218,9 @@ class PruneStep:
     # graphs take the reference's selection as inputs, so their compute is compared on identical tokens.
     given: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
+    def covers(self, block: int) -> bool:
+        return self.block_range[0] <= block < self.block_range[1]
+
 
 @dataclass
 class StepOutput:
@@ -271,6 +274,17 @@ class Infinity(nn.Module):
     # ---- per image ---------------------------------------------------------------------------
     def condition(self, text: torch.Tensor, lengths: torch.Tensor, cfg_active: bool = True) -> Conditioning:
         """text (B, Lt, Ct5) padded T5 states, lengths (B,) valid counts. CFG appends the null text."""
+        cond, ca_text = self.condition_text(text, lengths, cfg_active)
+        for blk in self._flat:
+            k, v = blk.ca.kv(ca_text, self.compute_dtype)
+            cond.ca_k.append(k)
+            cond.ca_v.append(v)
+        return cond
+
+    def condition_text(self, text: torch.Tensor, lengths: torch.Tensor,
+                       cfg_active: bool = True) -> tuple[Conditioning, torch.Tensor]:
+        """Everything ``condition`` computes before the blocks' text K/V, and the projected text those read
+        (each block's K/V is then ``blk.ca.kv`` of it, block by block)."""
         b, lt, ct5 = text.shape
         if ct5 != self.cfg.text_channels:
             raise ValueError(f"text embeddings have {ct5} channels; this model expects {self.cfg.text_channels}")
@@ -290,12 +304,7 @@ class Infinity(nn.Module):
         gss = self.shared_ada_lin(cond).view(-1, 1, 6, self.cfg.width)
         scale, shift = self.head_nm.ada_lin(cond).view(-1, 1, 2, self.cfg.width).unbind(2)
         sos = cond.unsqueeze(1) + self.pos_start
-        cond_out = Conditioning(batch=b, sos=sos, gss=gss, head_scale=scale, head_shift=shift, text_mask=mask)
-        for blk in self._flat:
-            k, v = blk.ca.kv(ca_text, dt)
-            cond_out.ca_k.append(k)
-            cond_out.ca_v.append(v)
-        return cond_out
+        return Conditioning(batch=b, sos=sos, gss=gss, head_scale=scale, head_shift=shift, text_mask=mask), ca_text
 
     # ---- per scale ---------------------------------------------------------------------------
     def embed_input(self, si: int, codes_in: torch.Tensor | None, cond: Conditioning) -> torch.Tensor:
@@ -327,26 +336,34 @@ class Infinity(nn.Module):
         x = self.embed_input(si, codes_in, cond)
         new_k, new_v, caches, kept = [], [], [], []
         for i, blk in enumerate(self._flat):
-            p = prune if prune is not None and prune.block_range[0] <= i < prune.block_range[1] else None
+            p = prune if prune is not None and prune.covers(i) else None
             rc = restore_caches[i] if p is not None else None
             qc = q_chunks[i] if q_chunks is not None else None
-            x, k, v, outs, idx = self._block(blk, x, cond, i, rope, past_k[i], past_v[i], p, rc, qc)
+            x, k, v, outs, idx = self.block(blk, x, cond, i, rope, past_k[i], past_v[i], p, rc, qc)
             new_k.append(k)
             new_v.append(v)
             caches.append(outs)
             if p is not None:
                 kept.append(idx)
+        logits = self.finish(x, cond, cfg_scale, inv_tau)
+        return StepOutput(logits=logits, new_k=new_k, new_v=new_v,
+                          caches=caches if collect_caches else None, kept_idx=kept if prune is not None else None)
+
+    def finish(self, x: torch.Tensor, cond: Conditioning, cfg_scale: torch.Tensor,
+               inv_tau: torch.Tensor) -> torch.Tensor:
+        """The last block's output -> CFG-mixed logits: head AdaLN, head, temperature, guidance."""
         h = _ada_norm(x, cond.head_scale, cond.head_shift, self.cfg.norm_eps)
         logits = self.head(h) * inv_tau
         b = cond.batch
         if x.shape[0] != b:
             logits = cfg_scale * logits[:b] + (1 - cfg_scale) * logits[b:]
-        return StepOutput(logits=logits, new_k=new_k, new_v=new_v,
-                          caches=caches if collect_caches else None, kept_idx=kept if prune is not None else None)
+        return logits
 
-    def _block(self, blk: CrossAttnBlock, x: torch.Tensor, cond: Conditioning, i: int, rope: torch.Tensor,
-               past_k: torch.Tensor | None, past_v: torch.Tensor | None, p: PruneStep | None,
-               rc: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, q_chunk: int | None = None):
+    def block(self, blk: CrossAttnBlock, x: torch.Tensor, cond: Conditioning, i: int, rope: torch.Tensor,
+              past_k: torch.Tensor | None, past_v: torch.Tensor | None, p: PruneStep | None,
+              rc: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, q_chunk: int | None = None):
+        """Block ``i`` at one scale: x -> x, its new K/V, its sub-layer outputs and kept indices. Reads only
+        block ``i``'s weights and conditioning, so a graph can trace it once and stamp it per block."""
         dt, eps = self.compute_dtype, self.cfg.norm_eps
         g1, g2, s1, s2, b1, b2 = (blk.ada_gss.float() + cond.gss).unbind(2)
 

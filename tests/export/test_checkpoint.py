@@ -12,6 +12,7 @@ from fastvar.export.models.checkpoint import (
     build_random_vae,
     load_infinity,
     load_vae,
+    random_init,
     save_state_dict,
 )
 from fastvar.export.models.infinity_config import preset
@@ -126,3 +127,23 @@ def test_transformer_and_vae_must_be_a_pair(official_dir, tmp_path):
     vae8b = preset("infinity-8b").vae
     with pytest.raises(CheckpointError, match="predicts 32 bits per token but the VAE codes 14"):
         load_infinity(tmp_path / "t.pth", vae8b)
+
+
+@pytest.mark.parametrize("family", ["infinity", "hart"])
+def test_random_weights_do_not_depend_on_skipping_torchs_default_init(family):
+    """``no_default_init`` skips what the random initialisers overwrite anyway: every parameter and buffer
+    equals a build that ran torch's default initialisation first (buffers are set by their constructors)."""
+    if family == "infinity":
+        from fastvar.export.models.infinity import Infinity as cls
+
+        cfg, build, init = preset("infinity-tiny"), build_random_infinity, random_init
+    else:
+        from fastvar.export.models.hart import HART as cls
+        from fastvar.export.models.hart_checkpoint import build_random_hart as build
+        from fastvar.export.models.hart_checkpoint import random_init_hart as init
+        from fastvar.export.models.hart_config import preset as hart_preset
+
+        cfg = hart_preset("hart-tiny")
+    fast, full = build(cfg, 3).state_dict(), init(cls(cfg), 3).state_dict()
+    assert fast.keys() == full.keys() and all(torch.equal(fast[k], full[k]) for k in fast)
+    assert torch.nn.init.normal_(torch.zeros(3)).abs().sum() > 0  # the context restored torch's initialisers

@@ -135,6 +135,19 @@ def test_weight_store_is_standard_safetensors(tiny_artifacts):
             assert torch.equal(got, want.detach()), key
 
 
+def test_the_store_is_hashed_as_written_and_the_record_is_the_files_hash(tiny_artifacts, tmp_path):
+    """The export records the store's sha256 from the bytes it wrote (the 2B's 8.4 GB are not read back):
+    that record is the file's hash, and a thunk's tensor is hashed as stored."""
+    from fastvar.export.weight_store import write_tensors
+    from fastvar.manifest import sha256_file
+
+    rec = _manifest(tiny_artifacts["fastvar"])["weights"][0]
+    assert rec["sha256"] == sha256_file(tiny_artifacts["fastvar"] / rec["path"])
+    size, digest = write_tensors(tmp_path / "w.safetensors", {"a": torch.arange(6.0).view(2, 3),
+                                                              "b": lambda: torch.ones(3, 2).t(), "e": torch.empty(0)})
+    assert size == (tmp_path / "w.safetensors").stat().st_size and digest == sha256_file(tmp_path / "w.safetensors")
+
+
 def test_second_export_is_a_no_op_and_corruption_is_rebuilt(tmp_path, tiny_artifacts):
     import shutil
 
