@@ -23,6 +23,7 @@ import torch
 
 import fastvar
 from fastvar.atomic import TEMP_SUFFIX, atomic_write_bytes, atomic_write_json
+from fastvar.export.graph_jobs import default_jobs, groups_sharing, run_groups
 from fastvar.export.graphs import GraphDef, Shapes, weight_tensors
 from fastvar.export.memory_plan import MemoryPlan
 from fastvar.export.models.factory import ModelOptions, build_pair
@@ -52,6 +53,12 @@ class ExportOptions(ModelOptions):
     attention_budget_mib: float | None = None  # None: 512 for onnxruntime, unchunked for TensorRT/onnx
     allow_nonempty: bool = False  # write into a non-empty directory that is not an artifact
     wait: bool = False  # wait for another writer's lock on the artifact instead of refusing at once
+    jobs: int | None = None  # processes exporting graphs at once; None: one per core, at most 4
+
+    def resolved_jobs(self) -> int:
+        if self.jobs is not None and self.jobs < 1:
+            raise ValueError(f"--jobs {self.jobs}: give a number of processes, 1 or more")
+        return self.jobs or default_jobs()
 
     def resolved_attention_budget(self) -> int | None:
         """Bytes one chunk of decomposed attention may hold; TensorRT fuses attention, so no chunking."""
@@ -263,35 +270,42 @@ def _write_artifact(opts: ExportOptions, root: Path, source, sched: ScaleSchedul
         t0 = time.perf_counter()
         source.pair()
         log(f"model: random weights built in {time.perf_counter() - t0:.1f}s")
-    progress = ExportProgress(graph_costs(stale, _parts), log)
-    stale_names = {g.definition().name for g in stale}
-    real: dict[str, object] = {}
-    forms = None
-    for i, g in enumerate(defs, 1):
-        d: GraphDef = g.definition()
-        key = keys_of[d.name]
-        path = root / "graphs" / f"{d.name}.onnx"
-        if d.name not in stale_names:
-            manifest["graphs"][d.name] = old["graphs"][d.name]
-            continue
-        progress.start(i, n, d.name, _what(d, plan, _parts(g)))
-        model, vae = source.pair()
-        weights = weight_tensors(model)
-        if not real:  # the same graphs over the real weights (the skeleton's describe them, these trace)
-            real.update((x.definition().name, x) for x in fam.graphs(model, vae, sched, plan, shapes, restore_fns,
-                                                                     budget))
-            forms = Forms(model, weights, table)
-        g = real[d.name]
+    costs = graph_costs(stale, _parts)
+    progress = ExportProgress(costs, log)
+    index = {g.definition().name: i for i, g in enumerate(defs, 1)}
+    for g in defs:
+        if g not in stale:
+            manifest["graphs"][g.definition().name] = old["graphs"][g.definition().name]
+    counts = {"traced": 0, "stamped": 0}
+    jobs = 1
+    if stale:
+        work = _graph_work(root, source, fam, sched, plan, shapes, restore_fns, budget, table, keys_of)
+        stale_defs = {g.definition().name: g for g in stale}
+        groups = groups_sharing(list(stale_defs), lambda name: {p.key for p in _parts(stale_defs[name]) or ()})
+        jobs = min(opts.resolved_jobs(), len(groups))
+        if jobs > 1:  # the costliest first, so no worker is left with a long graph at the end
+            groups.sort(key=lambda grp: -sum(costs[name] for name in grp))
         unfinished()
-        data, final = _export_one(g, d, forms)
-        atomic_write_bytes(path, data, f"graph {d.name}")
-        manifest["graphs"][d.name] = {**final.signature(), "key": key, "file": file_record(root, path)}
-        rebuilt.append(d.name)
-        progress.finish(i, n, d.name)
-        _write_manifest(root, manifest)
-    if rebuilt:
-        log(f"graphs: {len(rebuilt)} exported in {sum(progress.seconds.values()):.1f}s"
-            + (f" ({forms.traced} forms traced for {forms.stamped} stamped parts)" if forms and forms.stamped else ""))
+        t_graphs = time.perf_counter()
+
+        def started(name: str) -> None:
+            g = stale_defs[name]
+            progress.start(index[name], n, name, _what(g.definition(), plan, _parts(g)))
+
+        def done(name: str, result: dict) -> None:
+            manifest["graphs"][name] = result["record"]
+            counts["traced"] += result["traced"]
+            counts["stamped"] += result["stamped"]
+            rebuilt.append(name)
+            progress.finish(index[name], n, name)
+            _write_manifest(root, manifest)
+
+        run_groups(groups, work, jobs, started, done)
+        manifest["graphs"] = {g.definition().name: manifest["graphs"][g.definition().name] for g in defs}
+        log(f"graphs: {len(rebuilt)} exported in {time.perf_counter() - t_graphs:.1f}s"
+            + (f" on {jobs} processes" if jobs > 1 else "")
+            + (f" ({counts['traced']} forms traced for {counts['stamped']} stamped parts)"
+               if counts["stamped"] else ""))
     keys = sorted({w for g in manifest["graphs"].values() for w in g["weights"]})
     if fam.codebook_key:
         manifest["codebook"] = fam.codebook_key
@@ -359,6 +373,31 @@ def _baked(d: GraphDef, sched: ScaleSchedule, plan: PrunePlan) -> dict:
     st = plan.steps[d.step]
     return {"hw": [st.h, st.w], "rope_grid": list(sched.rope_grid), "cache_hw": plan.cache_hw,
             "block_range": list(plan.block_range), "kept": st.kept}
+
+
+def _graph_work(root: Path, source, fam, sched: ScaleSchedule, plan: PrunePlan, shapes: Shapes, restore_fns,
+                budget, table, keys_of: dict[str, str]) -> Callable[[str], dict]:
+    """What exports one graph by name and writes its file: run here or in a forked worker, it builds the
+    real-weight graphs and its cache of forms on first use (a worker's own, shared by the groups it takes)."""
+    state: dict = {}
+
+    def work(name: str) -> dict:
+        if not state:
+            model, vae = source.pair()
+            state["graphs"] = {x.definition().name: x for x in fam.graphs(model, vae, sched, plan, shapes,
+                                                                           restore_fns, budget)}
+            state["forms"] = Forms(model, weight_tensors(model), table)
+        forms: Forms = state["forms"]
+        g = state["graphs"][name]
+        d = g.definition()
+        traced, stamped = forms.traced, forms.stamped
+        data, final = _export_one(g, d, forms)
+        path = root / "graphs" / f"{name}.onnx"
+        atomic_write_bytes(path, data, f"graph {name}")
+        return {"record": {**final.signature(), "key": keys_of[name], "file": file_record(root, path)},
+                "traced": forms.traced - traced, "stamped": forms.stamped - stamped}
+
+    return work
 
 
 def _export_one(g, d: GraphDef, forms: Forms) -> tuple[bytes, GraphDef]:

@@ -20,24 +20,27 @@ class ExportProgress:
         self.costs, self.log = costs, log
         self.left = sum(costs.values())
         self.done = 0.0
-        self.spent = 0.0
         self.seconds: dict[str, float] = {}
-        self._t0 = 0.0
+        self._started: dict[str, float] = {}
+        self._first: float | None = None
 
     def start(self, i: int, n: int, name: str, what: str) -> None:
-        self._t0 = time.perf_counter()
+        now = time.perf_counter()
+        self._started[name] = now
+        if self._first is None:
+            self._first = now
         self.log(f"[{i}/{n}] {name}: {what} ...")
 
     def finish(self, i: int, n: int, name: str) -> float:
-        took = time.perf_counter() - self._t0
+        now = time.perf_counter()
+        took = now - self._started.pop(name)
         self.seconds[name] = took
         cost = self.costs.get(name, 0.0)
         self.done += cost
         self.left -= cost
-        self.spent += took
         eta = ""
-        if self.left > 0 and self.done > 0:
-            eta = f"; graphs: about {self.left * self.spent / self.done:.0f}s left"
+        if self.left > 0 and self.done > 0:  # wall time per unit: right whether graphs run one or several at once
+            eta = f"; graphs: about {self.left * (now - self._first) / self.done:.0f}s left"
         self.log(f"[{i}/{n}] {name} exported in {took:.1f}s{eta}")
         return took
 

@@ -202,9 +202,11 @@ def run_cmd(ctx, artifact, backend, device, model_name, ckpt, vae_path, random_i
               "(its other files are left alone).")
 @click.option("--wait", is_flag=True, help="If another process is writing the artifact, wait for it instead of "
               "failing at once.")
+@click.option("--jobs", type=click.IntRange(min=1), help="Processes exporting graphs at once, sharing the model's "
+              "weights (Linux) [default: one per core, at most 4].")
 def export_cmd(model_name, ckpt, vae_path, random_init, depth, weights_seed, res, aspect, schedule, precision, batch,
                text_len, guidance, backend, restore_op, attention_budget, plan_only, gpu_memory, out, force,
-               allow_nonempty, wait) -> None:
+               allow_nonempty, wait, jobs) -> None:
     """Compile a model for one resolution and aspect into per-scale static ONNX graphs, one weight store and
     a manifest.
 
@@ -216,7 +218,7 @@ def export_cmd(model_name, ckpt, vae_path, random_init, depth, weights_seed, res
                          weights_seed=weights_seed, res=res, aspect=aspect, schedule=schedule, precision=precision,
                          batch=batch, text_len=text_len, guidance=guidance, backend=backend, restore_op=restore_op,
                          out=out, force=force, gpu_memory=gpu_memory, attention_budget_mib=attention_budget,
-                         allow_nonempty=allow_nonempty, wait=wait)
+                         allow_nonempty=allow_nonempty, wait=wait, jobs=jobs)
     try:
         if plan_only:
             mem = plan_memory(opts)

@@ -1,5 +1,7 @@
 """fastvar-export's planning and refusal paths, through click (no weights are built for these)."""
 
+import json
+
 from click.testing import CliRunner
 from support.full_disk import full_disk
 
@@ -105,4 +107,8 @@ def test_a_full_disk_during_an_export_names_the_graph_and_its_file(tmp_path, mon
     assert r.exit_code == 2
     assert f"writing graph condition to {out / 'graphs' / 'condition.onnx'} failed: No space left on device" in r.output
     assert ".fastvar.tmp" not in r.output
-    assert not list((out / "graphs").iterdir())  # neither the graph nor our temp file
+    files = {p.name for p in (out / "graphs").iterdir()}
+    assert "condition.onnx" not in files and not [n for n in files if n.startswith(".")]  # nor our temp file
+    # other graphs, exported at the same time by other processes, are kept where the manifest records them
+    recorded = json.loads((out / "manifest.json").read_text())
+    assert recorded["complete"] is False and {f"{n}.onnx" for n in recorded["graphs"]} <= files
