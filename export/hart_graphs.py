@@ -82,7 +82,7 @@ class HARTStepGraph(FastVARStepGraph):
 
     def definition(self) -> GraphDef:
         cfg, s, st, plan = self.model.cfg, self.shapes, self.st, self.plan
-        r, c, h, hd = s.rows, cfg.width, cfg.heads, cfg.head_dim
+        r, c, h, hd, dt = s.rows, cfg.width, cfg.heads, cfg.head_dim, self.model.compute_dtype
         past = past_lengths(plan, cfg.depth, st.index)
         lc = plan.steps[plan.cache_scale].tokens if plan.cache_scale is not None else 0
         n_in = cfg.step_tokens(st.index)
@@ -92,10 +92,10 @@ class HARTStepGraph(FastVARStepGraph):
                   spec(gn.CONTEXT_POS, (r, cfg.context_tokens), "int64")]
         for i in range(cfg.depth):
             if past[i]:
-                inputs += [spec(gn.past_k(i), (past[i], r, h, hd), "float32"),
-                           spec(gn.past_v(i), (past[i], r, h, hd), "float32")]
+                inputs += [spec(gn.past_k(i), (past[i], r, h, hd), dt), spec(gn.past_v(i), (past[i], r, h, hd), dt)]
+        # K/V and both sub-layers' outputs (what the restore caches hold) are in the blocks' dtype
         for i in self.blocks_pruned:
-            inputs += [spec(gn.cache(sub, i), (r, lc, c), "float32") for sub in gn.HART_SUBLAYERS]
+            inputs += [spec(gn.cache(sub, i), (r, lc, c), dt) for sub in gn.HART_SUBLAYERS]
         if self.given_indices:
             for i in self.blocks_pruned:
                 inputs += [spec(gn.kept(sub, i), (r, st.kept), "int64") for sub in gn.HART_SUBLAYERS]
@@ -107,11 +107,11 @@ class HARTStepGraph(FastVARStepGraph):
         else:
             for i in range(cfg.depth):
                 n = new_length(plan, st, i)
-                outputs += [spec(name, (n, r, h, hd), "float32") for name in (gn.new_k(i), gn.new_v(i))]
+                outputs += [spec(name, (n, r, h, hd), dt) for name in (gn.new_k(i), gn.new_v(i))]
         if st.index == plan.cache_scale:
             for i in range(cfg.depth):
                 if plan.block_pruned(i):
-                    outputs += [spec(gn.cache(sub, i), (r, n_in, c), "float32") for sub in gn.HART_SUBLAYERS]
+                    outputs += [spec(gn.cache(sub, i), (r, n_in, c), dt) for sub in gn.HART_SUBLAYERS]
         if not self.given_indices:
             for i in self.blocks_pruned:
                 outputs += [spec(gn.kept(sub, i), (r, st.kept), "int64") for sub in gn.HART_SUBLAYERS]

@@ -306,33 +306,41 @@ def markdown_table(plans: list[MemoryPlan]) -> str:
     return "\n".join(lines)
 
 
-def hart_memory_plan(model, tok, sched, plan: PrunePlan, batch: int, guidance: bool) -> MemoryPlan:
-    """HART's plan (fp32): weights, the KV cache as the schedule fills it, the FastVAR restore caches and f_hat.
-    Counted from the (meta) modules and the plan; the activation peak is an estimate of the largest step."""
+def hart_memory_plan(model, tok, sched, plan: PrunePlan, batch: int, guidance: bool,
+                     precision: str = "fp32") -> MemoryPlan:
+    """HART's plan: weights, the KV cache as the schedule fills it, the FastVAR restore caches and f_hat.
+    Counted from the (meta) modules at ``precision`` and the plan; the activation peak is an estimate of
+    the largest step. In bf16 the blocks' weights, K/V, restore caches and attention are 2 bytes a value."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"unsupported precision {precision!r}; accepted: fp32, bf16")
     cfg = model.cfg
     rows = 2 * batch if guidance else batch
-    f32 = 4
-    weights = sum(p.numel() for p in model.parameters()) * f32
+    f32, cb = 4, DTYPE_BYTES[precision]
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    block_params = sum(p.numel() for p in model.blocks.parameters())
     tok_weights = sum(p.numel() for p in tok.parameters()) * f32
-    kv = sum(block_cache_lengths(plan, cfg.depth)) * 2 * rows * cfg.width * f32
+    kv = sum(block_cache_lengths(plan, cfg.depth)) * 2 * rows * cfg.width * cb
     cache = 0
     if plan.cache_scale is not None:
-        cache = cfg.depth * 2 * rows * plan.steps[plan.cache_scale].tokens * cfg.width * f32
+        cache = cfg.depth * 2 * rows * plan.steps[plan.cache_scale].tokens * cfg.width * cb
     f_hat = batch * cfg.cvae * cfg.final_side ** 2 * f32
     peak, at = 0, 0
     for st in plan.executed:  # decomposed attention's scores + probabilities and the SwiGLU hidden pair
         n = st.kept if st.pruned else cfg.step_tokens(st.index)
         past = max(past_lengths(plan, cfg.depth, st.index), default=0)
-        need = (2 * rows * cfg.heads * n * (past + n) + 2 * rows * n * cfg.mlp_hidden) * f32
+        need = (2 * rows * cfg.heads * n * (past + n) + 2 * rows * n * cfg.mlp_hidden) * cb
         if need > peak:
             peak, at = need, st.index
     h, w = sched.pixels
-    items = [MemoryItem("transformer weights", weights, "HART blocks, head and diffusion MLP, fp32"),
+    split = (f"{block_params:,} block params in {precision}, "
+             f"{sum(p.numel() for p in model.parameters()) - block_params:,} others fp32")
+    items = [MemoryItem("transformer weights", weights, f"HART blocks, head and diffusion MLP: {split}"),
              MemoryItem("tokenizer weights", tok_weights, "codebook, Φ and the VQ decoder, fp32"),
-             MemoryItem("KV cache", kv, f"{rows} rows, step 0 holds the {cfg.context_tokens}-token text"),
-             MemoryItem("restore caches", cache, "attention and MLP outputs of every block at the 36x36 step"),
-             MemoryItem("f_hat", f_hat, "the summed latent"),
+             MemoryItem("KV cache", kv, f"{rows} rows {precision}, step 0 holds the {cfg.context_tokens}-token text"),
+             MemoryItem("restore caches", cache, f"attention and MLP outputs of every block at the 36x36 step, "
+                        f"{precision}"),
+             MemoryItem("f_hat", f_hat, "the summed latent, fp32"),
              MemoryItem("peak step activations", peak, f"step {at}: attention scores and probabilities, "
-                        "SwiGLU hidden (estimate)")]
-    return MemoryPlan(model=cfg.name, resolution=str(h), pixels=(h, w), batch=batch, precision="fp32",
+                        f"SwiGLU hidden, {precision} (estimate)")]
+    return MemoryPlan(model=cfg.name, resolution=str(h), pixels=(h, w), batch=batch, precision=precision,
                       schedule=plan.spec, items=items)

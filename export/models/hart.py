@@ -9,8 +9,13 @@ and the head's AdaLN conditioned on the max-pooled projected text.
 State is explicit, as in the Infinity reference: ``condition`` computes what is fixed per image, ``step``
 runs one scale (step 0 is the 300-token text context) and returns its CFG-mixed logits, its final hidden
 states (the last step's feed the diffusion head), its new KV entries and, at FastVAR's cache step, the
-per-block sub-layer outputs later steps restore from. The module caches nothing itself. fp32 throughout
-(upstream runs fp16 autocast).
+per-block sub-layer outputs later steps restore from. The module caches nothing itself.
+
+Precision is explicit casts, as in the Infinity reference (autocast does not export): ``fp32`` everywhere,
+or ``bf16`` (``set_precision``): block weights, block matmuls, attention, K/V and the FastVAR restore caches
+in bf16; the residual stream, norms, RoPE, the head, the text projection, the diffusion head and the
+tokenizer in fp32. A block computes in the dtype of its own weights, so the same code is both.
+Upstream runs fp16 autocast (docs/design/hart.md says where its rounding differs from this).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from fastvar.export.models.hart_config import HARTConfig
 from fastvar.export.models.hart_diffusion import DiffusionHead, TimestepEmbedder
 from fastvar.export.models.hart_fastvar import HARTPruneStep
 from fastvar.export.models.hart_rope import apply_rope, context_position_ids, rope_1d, scale_rope
+from fastvar.export.models.precision import cast_blocks
 
 # Upstream buffers that a saved state dict may carry and inference never reads (the training mask is
 # (1, 1, 9750, 9750) at 1024 px).
@@ -42,7 +48,13 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
+
+
+def _linear(x: torch.Tensor, layer: nn.Linear, dtype: torch.dtype) -> torch.Tensor:
+    """A linear layer computed in ``dtype`` (inputs, weight and bias cast explicitly; no-ops in fp32)."""
+    bias = None if layer.bias is None else layer.bias.to(dtype)
+    return F.linear(x.to(dtype), layer.weight.to(dtype), bias)
 
 
 class HARTAttention(nn.Module):
@@ -66,23 +78,26 @@ class HARTAttention(nn.Module):
                 mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, L, C) normed; cos/sin (B, L, hd); past (P, B, H, hd) sequence-major or None.
 
-        Returns the projected output and this step's k, v (L, B, H, hd). ``mask`` (L, P + L) bool is only
-        for the teacher-forced recomputation; inference attends to everything cached, as upstream."""
+        Returns the projected output and this step's k, v (L, B, H, hd), in the block's dtype. ``mask``
+        (L, P + L) bool is only for the teacher-forced recomputation; inference attends to everything
+        cached, as upstream. In bf16, q and k are normalised and rotated in fp32, then rounded."""
         b, n, c = x.shape
-        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        qkv = F.linear(x, self.qkv_proj.weight, bias).view(b, n, 3, self.heads, self.head_dim)
+        dt = self.qkv_proj.weight.dtype
+        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias)).to(dt)
+        qkv = F.linear(x.to(dt), self.qkv_proj.weight, bias).view(b, n, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = q.float(), k.float()
         if self.l2_norm:
-            mul = self.scale_mul_1H11.clamp_max(torch.log(torch.tensor(100.0)).item()).exp()
+            mul = self.scale_mul_1H11.float().clamp_max(torch.log(torch.tensor(100.0)).item()).exp()
             q = F.normalize(q, dim=-1) * mul
             k = F.normalize(k, dim=-1)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = apply_rope(q, cos, sin).to(dt), apply_rope(k, cos, sin).to(dt)
         k_new, v_new = k.permute(2, 0, 1, 3).contiguous(), v.permute(2, 0, 1, 3).contiguous()
         k_all = k_new if past_k is None else torch.cat((past_k, k_new), 0)
         v_all = v_new if past_v is None else torch.cat((past_v, v_new), 0)
         out = F.scaled_dot_product_attention(q, k_all.permute(1, 2, 0, 3), v_all.permute(1, 2, 0, 3),
                                              attn_mask=mask, scale=self.scale)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c)), k_new, v_new
+        return _linear(out.transpose(1, 2).reshape(b, n, c), self.proj, dt), k_new, v_new
 
 
 class LlamaMLP(nn.Module):
@@ -93,6 +108,8 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(hidden, c, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """SwiGLU in the block's dtype (fp32 input cast once)."""
+        x = x.to(self.gate_proj.weight.dtype)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -149,6 +166,7 @@ class HART(nn.Module):
     def __init__(self, cfg: HARTConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.compute_dtype = torch.float32
         c = cfg.width
         if cfg.use_context_norm:
             self.context_norm = RMSNorm(cfg.context_dim, cfg.norm_eps)
@@ -163,6 +181,12 @@ class HART(nn.Module):
         self.head = nn.Linear(c, cfg.vocab)
         self.decoder_norm = RMSNorm(c, cfg.norm_eps)
         self.diffloss = DiffusionHead(cfg.cvae, c, cfg.diff_width, cfg.diff_depth, cfg.diff_steps)
+
+    # ---- precision ---------------------------------------------------------------------------
+    def set_precision(self, precision: str) -> HART:
+        """fp32, or bf16: the blocks' weights (and so their matmuls, attention and K/V) in bf16, the rest fp32."""
+        self.compute_dtype = cast_blocks(self.blocks, precision)
+        return self
 
     # ---- per image ---------------------------------------------------------------------------
     def condition(self, context: torch.Tensor, context_mask: torch.Tensor, cfg_active: bool = True) -> HARTConditioning:

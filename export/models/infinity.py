@@ -20,9 +20,9 @@ import torch.nn.functional as F
 
 from fastvar.export.fastvar import gather_tokens, restore, select_pivotal
 from fastvar.export.models.infinity_config import InfinityConfig
+from fastvar.export.models.precision import cast_blocks
 from fastvar.export.models.rope import apply_rope
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MAX_SCALE_MUL = math.log(100.0)
 
 
@@ -260,11 +260,7 @@ class Infinity(nn.Module):
     # ---- precision ---------------------------------------------------------------------------
     def set_precision(self, precision: str) -> Infinity:
         """fp32, or bf16 as upstream runs it: block weights in bf16, everything else fp32."""
-        if precision not in PRECISIONS:
-            raise ValueError(f"unsupported precision {precision!r}; accepted: {', '.join(PRECISIONS)}")
-        self.compute_dtype = PRECISIONS[precision]
-        for blk in self._flat:
-            blk.to(self.compute_dtype)
+        self.compute_dtype = cast_blocks(self._flat, precision)
         return self
 
     @property

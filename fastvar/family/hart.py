@@ -29,11 +29,10 @@ class HARTFamily(ModelFamily):
         return preset(model)
 
     def build_pair(self, model, ckpt, vae, random_init, depth, seed, precision):
-        """From the preset (random weights) or from upstream's release folder given as ``--ckpt DIR``."""
+        """From the preset (random weights) or from upstream's release folder given as ``--ckpt DIR``, at
+        ``precision`` (bf16: the blocks' weights rounded once, after loading)."""
         from fastvar.export.models import hart_checkpoint
 
-        if precision != "fp32":
-            raise ValueError(f"HART runs in fp32 only so far (got --precision {precision}); see docs/design/hart.md")
         if vae:
             raise ValueError("HART reads its tokenizer from the release folder's tokenizer/: give --ckpt DIR, "
                              "not --vae")
@@ -43,14 +42,15 @@ class HARTFamily(ModelFamily):
                 raise ValueError("--random-init and --ckpt exclude each other: pick one")
             if depth is not None:
                 cfg = cfg.with_depth(depth)
-            return (hart_checkpoint.build_random_hart(cfg, seed),
+            return (hart_checkpoint.build_random_hart(cfg, seed).set_precision(precision),
                     hart_checkpoint.build_random_tokenizer(cfg.tokenizer, seed + 1))
         if not ckpt:
             raise ValueError("give --ckpt DIR (upstream's hart-0.7b-1024px folder with llm/ and tokenizer/), "
                              "or --random-init")
         if depth is not None:
             raise ValueError("--depth only applies with --random-init; a checkpoint's depth is read from it")
-        return hart_checkpoint.load_hart_pair(ckpt)
+        model, tok = hart_checkpoint.load_hart_pair(ckpt)
+        return model.set_precision(precision), tok
 
     def checkpoint_files(self, ckpt, vae):
         return {"ckpt": ckpt}
@@ -59,7 +59,7 @@ class HARTFamily(ModelFamily):
         from fastvar.export.models.hart import HART
 
         with torch.device("meta"):
-            return HART(cfg)
+            return HART(cfg).set_precision(precision)
 
     def skeleton_decoder(self, cfg):
         from fastvar.export.models.hart_tokenizer import HARTTokenizer
@@ -88,9 +88,6 @@ class HARTFamily(ModelFamily):
 
     def resolve_export(self, cfg, opts):
         """The checkpoint's schedule, its FastVAR plan, and the text padded to exactly its context length."""
-        if opts.precision != "fp32":
-            raise ValueError(f"HART runs in fp32 only so far (got --precision {opts.precision}); "
-                             "see docs/design/hart.md")
         if opts.text_len not in (type(opts).text_len, cfg.context_tokens):
             raise ValueError(f"HART takes exactly {cfg.context_tokens} text tokens (padded); --text-len "
                              f"{opts.text_len} does not apply to it")
@@ -121,7 +118,7 @@ class HARTFamily(ModelFamily):
     def memory_plan(self, cfg, skeleton, decoder, sched, plan, shapes, precision):
         from fastvar.export.memory_plan import hart_memory_plan
 
-        return hart_memory_plan(skeleton, decoder, sched, plan, shapes.batch, shapes.guidance)
+        return hart_memory_plan(skeleton, decoder, sched, plan, shapes.batch, shapes.guidance, precision)
 
     def extra_weights(self, decoder):
         return {self.codebook_key: decoder.codebook}

@@ -69,7 +69,7 @@ class HARTTorchBackend:
         t0 = time.perf_counter()
         self.cond = m.condition(padded, context_mask(lengths, m.cfg.context_tokens), cfg_active)
         self.seconds["condition"] += time.perf_counter() - t0
-        self.kv = KVCache(self.plan, m.cfg.depth, self.cond.rows, m.cfg.heads, m.cfg.head_dim, torch.float32,
+        self.kv = KVCache(self.plan, m.cfg.depth, self.cond.rows, m.cfg.heads, m.cfg.head_dim, m.compute_dtype,
                           self.device)
         self.kv_bytes = self.kv.nbytes
         self.restore_caches, self.hidden, self.kept_sets = None, None, {}

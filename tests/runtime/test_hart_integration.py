@@ -190,7 +190,6 @@ def test_ckpt_dir_in_upstream_layout_loads_strictly_for_export_and_run(tmp_path)
     (["--res", "512"], "HART runs at its checkpoint's resolution only"),
     (["--aspect", "16:9"], "HART runs square images only"),
     (["--text-len", "77"], "HART takes exactly 300 text tokens"),
-    (["--precision", "bf16"], "HART runs in fp32 only"),
     (["--backend", "tensorrt"], "--backend tensorrt needs TensorRT, which does not import here"),
     (["--schedule", "27:0.5"], "restores from the 36x36 step"),
 ])
